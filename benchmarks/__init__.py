@@ -1,0 +1,1 @@
+"""Benchmarks against the peer libraries (`make bench`)."""

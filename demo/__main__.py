@@ -1,0 +1,3 @@
+"""Placeholder until the demo lands."""
+
+print("demo: not yet built")

@@ -1,0 +1,1 @@
+"""The core every pattern plugs into: clock, deadlines, outcomes, events, strategy, pipeline."""

@@ -1,0 +1,140 @@
+"""One event stream for everything the library does on its own.
+
+Every strategy publishes small frozen events (``RetryScheduled``, ``TimedOut``,
+``FallbackUsed``, later ``CircuitOpened``, ``BulkheadRejected`` …). Metrics, tracing,
+logging and user callbacks are all *listeners* on this one stream; they attach to one
+policy or to all. A listener that raises never breaks the call: the error is logged
+once per listener and the event goes on to the others. When nobody listens, no event
+object is even built (strategies ask :meth:`EventBus.wants` first).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar
+
+__all__ = ["Event", "Severity", "Listener", "EventBus", "EVENTS", "subscribe", "unsubscribe"]
+
+logger = logging.getLogger("resilience")
+
+
+class Severity(enum.IntEnum):
+    """How much an event matters to an operator; values match :mod:`logging` levels."""
+
+    DEBUG = logging.DEBUG
+    INFO = logging.INFO
+    WARNING = logging.WARNING
+    ERROR = logging.ERROR
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of every event.
+
+    Attributes:
+        policy: the policy's name (the pipeline's, or the strategy's when used alone).
+        strategy: the strategy's name inside the policy (``"retry"``, ``"timeout"`` …).
+        time: the strategy clock's monotonic time when it happened.
+    """
+
+    severity: ClassVar[Severity] = Severity.INFO
+
+    policy: str
+    strategy: str
+    time: float
+
+    @property
+    def source(self) -> str:
+        """``policy/strategy``: how telemetry names the strategy that acted."""
+        return f"{self.policy}/{self.strategy}"
+
+
+Listener = Callable[[Event], object]
+
+
+class EventBus:
+    """Delivers events to the listeners of their policy and to the global ones.
+
+    Subscribing copies the listener tuples (copy-on-write), so publishing takes no lock.
+    """
+
+    __slots__ = ("_all", "_by_policy", "_failed", "_lock")
+
+    def __init__(self) -> None:
+        self._all: tuple[Listener, ...] = ()
+        self._by_policy: dict[str, tuple[Listener, ...]] = {}
+        self._failed: set[int] = set()
+        self._lock = threading.Lock()
+
+    def subscribe(self, listener: Listener, *, policy: str | None = None) -> None:
+        """Send ``listener`` every event (``policy=None``) or those of one policy."""
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {listener!r}")
+        with self._lock:
+            if policy is None:
+                self._all = (*self._all, listener)
+            else:
+                self._by_policy[policy] = (*self._by_policy.get(policy, ()), listener)
+
+    def unsubscribe(self, listener: Listener, *, policy: str | None = None) -> None:
+        """Stop sending events to ``listener``; unknown listeners are ignored."""
+        with self._lock:
+            if policy is None:
+                self._all = tuple(x for x in self._all if x is not listener)
+            else:
+                rest = tuple(x for x in self._by_policy.get(policy, ()) if x is not listener)
+                if rest:
+                    self._by_policy[policy] = rest
+                else:
+                    self._by_policy.pop(policy, None)
+
+    @contextmanager
+    def subscribed(self, listener: Listener, *, policy: str | None = None) -> Iterator[None]:
+        """Subscribe for the duration of a ``with`` block."""
+        self.subscribe(listener, policy=policy)
+        try:
+            yield
+        finally:
+            self.unsubscribe(listener, policy=policy)
+
+    def wants(self, policy: str) -> bool:
+        """Whether publishing an event of ``policy`` would reach anyone."""
+        return bool(self._all) or policy in self._by_policy
+
+    def publish(self, event: Event) -> None:
+        """Deliver ``event``; listener errors are logged once and swallowed."""
+        for listener in self._all:
+            self._deliver(listener, event)
+        for listener in self._by_policy.get(event.policy, ()):
+            self._deliver(listener, event)
+
+    def _deliver(self, listener: Listener, event: Event) -> None:
+        try:
+            listener(event)
+        except Exception:
+            key = id(listener)
+            if key not in self._failed:
+                self._failed.add(key)
+                logger.exception(
+                    "resilience: event listener %r raised; the call goes on and further "
+                    "errors from this listener are not logged",
+                    listener,
+                )
+
+
+EVENTS = EventBus()
+
+
+def subscribe(listener: Listener, *, policy: str | None = None) -> None:
+    """Subscribe ``listener`` to the events of every policy, or of ``policy`` only."""
+    EVENTS.subscribe(listener, policy=policy)
+
+
+def unsubscribe(listener: Listener, *, policy: str | None = None) -> None:
+    """Undo :func:`subscribe`."""
+    EVENTS.unsubscribe(listener, policy=policy)

@@ -1,0 +1,173 @@
+"""The strategy protocol and the pipeline that composes strategies.
+
+A strategy wraps one call. It is a frozen set of options plus two thin drivers built
+once, at decoration time: ``_wrap_sync(fn, scope)`` and ``_wrap_async(fn, scope)``
+return a closure specialised for those options, so the hot path pays for nothing that
+was not configured. Every decision lives in plain objects shared by both drivers.
+
+A :class:`Pipeline` composes strategies outermost-first by nesting their closures; it
+is itself a strategy, so pipelines nest and decorate like any other.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ClassVar, ParamSpec, TypeVar
+
+from .options import to_name
+
+__all__ = ["Scope", "Strategy", "Pipeline"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+AnyCallable = Callable[..., Any]
+AsyncCallable = Callable[..., Coroutine[Any, Any, Any]]
+
+
+class Scope:
+    """Where a strategy runs: the policy it belongs to and its own label inside it."""
+
+    __slots__ = ("policy", "strategy")
+
+    def __init__(self, policy: str, strategy: str) -> None:
+        self.policy = policy
+        self.strategy = strategy
+
+    def __repr__(self) -> str:
+        return f"Scope({self.policy}/{self.strategy})"
+
+
+def _default_policy(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    return name if isinstance(name, str) else type(fn).__name__
+
+
+def _refuse_generators(strategy: Strategy, fn: Callable[..., Any]) -> None:
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
+        raise TypeError(
+            f"{type(strategy).__name__} cannot decorate {kind} function "
+            f"({_default_policy(fn)}): its body runs lazily, after the decorator has returned; "
+            "decorate a function that consumes the generator instead"
+        )
+
+
+class Strategy:
+    """Base class of every strategy (and of :class:`Pipeline`).
+
+    Use an instance as a decorator on sync functions, coroutine functions and methods,
+    or run a callable once through it with :meth:`call` / :meth:`acall`.
+    """
+
+    kind: ClassVar[str] = "strategy"
+    __slots__ = ("name",)
+
+    name: str | None
+
+    def __init__(self, *, name: str | None = None) -> None:
+        self.name = to_name("name", name)
+
+    @property
+    def label(self) -> str:
+        """The strategy's name inside a policy: ``name`` if given, else its kind."""
+        return self.name or self.kind
+
+    # -- the two drivers every strategy provides -------------------------------------------
+    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        raise NotImplementedError
+
+    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        raise NotImplementedError
+
+    def _check_sync(self, fn: AnyCallable) -> None:
+        """Refuse at decoration time what cannot work in a sync call."""
+
+    def _scope_for(self, fn: Callable[..., Any]) -> Scope:
+        return Scope(self.name or _default_policy(fn), self.kind)
+
+    # -- public use ------------------------------------------------------------------------
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        """Decorate ``fn``; the signature and ``functools.wraps`` metadata are kept."""
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__} decorates a callable, got {fn!r}")
+        _refuse_generators(self, fn)
+        scope = self._scope_for(fn)
+        wrapped: AnyCallable
+        if inspect.iscoroutinefunction(fn):
+            wrapped = self._wrap_async(fn, scope)
+        else:
+            self._check_sync(fn)
+            wrapped = self._wrap_sync(fn, scope)
+        if wrapped is fn:
+            return fn
+        functools.update_wrapper(wrapped, fn)
+        return wrapped  # type: ignore[return-value]
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn(*args, **kwargs)`` once through this strategy (sync).
+
+        Decorating is the fast path; ``call`` builds the wrapper each time.
+        """
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError("call() runs sync callables; use `await acall(...)` for coroutines")
+        self._check_sync(fn)
+        return self._wrap_sync(fn, self._scope_for(fn))(*args, **kwargs)  # type: ignore[no-any-return]
+
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``await fn(*args, **kwargs)`` once through this strategy."""
+
+        async def run(*a: Any, **kw: Any) -> Any:
+            return await fn(*a, **kw)
+
+        return await self._wrap_async(run, self._scope_for(fn))(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+class Pipeline(Strategy):
+    """Strategies composed outermost-first into one immutable, named policy.
+
+    ``Pipeline(Timeout(2), Retry(on=OSError), name="payments")`` runs a call inside the
+    timeout, and the retry inside it. Events of its strategies carry ``policy="payments"``
+    and the strategy's label, so telemetry names each one ``payments/retry``.
+    """
+
+    kind: ClassVar[str] = "pipeline"
+    __slots__ = ("strategies",)
+
+    strategies: tuple[Strategy, ...]
+
+    def __init__(self, *strategies: Strategy, name: str | None = None) -> None:
+        super().__init__(name=name)
+        for i, s in enumerate(strategies):
+            if not isinstance(s, Strategy):
+                raise TypeError(f"strategies[{i}] must be a Strategy, got {s!r}")
+        self.strategies = tuple(strategies)
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(s) for s in self.strategies)
+        name = f", name={self.name!r}" if self.name else ""
+        return f"Pipeline({inner}{name})"
+
+    def __len__(self) -> int:
+        return len(self.strategies)
+
+    def _check_sync(self, fn: AnyCallable) -> None:
+        for s in self.strategies:
+            s._check_sync(fn)
+
+    def _inner_scope(self, s: Strategy, scope: Scope) -> Scope:
+        if isinstance(s, Pipeline):
+            return Scope(s.name or scope.policy, s.label)
+        return Scope(self.name or scope.policy, s.label)
+
+    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        for s in reversed(self.strategies):
+            fn = s._wrap_sync(fn, self._inner_scope(s, scope))
+        return fn
+
+    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        for s in reversed(self.strategies):
+            fn = s._wrap_async(fn, self._inner_scope(s, scope))
+        return fn

@@ -1,0 +1,37 @@
+"""Shared fixtures: a fake clock, a seeded random source, event capture, live servers."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from resilience.testing import CapturingListener, FakeClock, capture_events
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(1234)
+
+
+@pytest.fixture
+def events() -> Iterator[CapturingListener]:
+    with capture_events() as listener:
+        yield listener
+
+
+def need_server(what: str, error: BaseException) -> None:
+    """A test that needs a live server: fail under CI=true, skip with the reason elsewhere."""
+    msg = f"{what} is not reachable: {error!r}"
+    if IN_CI:
+        pytest.fail(f"{msg} (CI=true: the server must be running)")
+    pytest.skip(msg)

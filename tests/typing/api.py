@@ -1,0 +1,30 @@
+"""Type-checked by mypy --strict, never run: the public API keeps signatures."""
+
+from __future__ import annotations
+
+from typing_extensions import assert_type
+
+from resilience import Fallback, Pipeline, Retry, Timeout
+
+
+@Retry(on=OSError)
+def sync_fn(x: int, *, y: str = "") -> float:
+    return float(x)
+
+
+@Pipeline(Timeout(1.0), Retry(on=OSError), Fallback(0.0, on=OSError))
+async def async_fn(x: int) -> float:
+    return float(x)
+
+
+class Service:
+    @Retry(on=OSError)
+    def method(self, n: int) -> str:
+        return str(n)
+
+
+def check() -> None:
+    assert_type(sync_fn(1, y="a"), float)
+    assert_type(async_fn(1), "Coroutine[Any, Any, float]")  # noqa: F821
+    assert_type(Service().method(3), str)
+    assert_type(Retry(on=OSError).call(sync_fn, 1), float)
