@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from typing import Any
+
 from typing_extensions import assert_type
 
 from resilience import Fallback, Pipeline, Retry, Timeout
@@ -25,6 +28,8 @@ class Service:
 
 def check() -> None:
     assert_type(sync_fn(1, y="a"), float)
-    assert_type(async_fn(1), "Coroutine[Any, Any, float]")  # noqa: F821
+    coro = async_fn(1)
+    assert_type(coro, Coroutine[Any, Any, float])
+    coro.close()
     assert_type(Service().method(3), str)
     assert_type(Retry(on=OSError).call(sync_fn, 1), float)
