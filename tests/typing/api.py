@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from typing_extensions import assert_type
@@ -26,10 +26,13 @@ class Service:
         return str(n)
 
 
+async def acheck() -> None:
+    assert_type(await async_fn(2), float)
+
+
 def check() -> None:
     assert_type(sync_fn(1, y="a"), float)
-    coro = async_fn(1)
-    assert_type(coro, Coroutine[Any, Any, float])
-    coro.close()
+    fn: Callable[[int], Coroutine[Any, Any, float]] = async_fn
+    assert fn
     assert_type(Service().method(3), str)
     assert_type(Retry(on=OSError).call(sync_fn, 1), float)
