@@ -33,6 +33,6 @@ async def acheck() -> None:
 def check() -> None:
     assert_type(sync_fn(1, y="a"), float)
     fn: Callable[[int], Coroutine[Any, Any, float]] = async_fn
-    assert fn
+    del fn
     assert_type(Service().method(3), str)
     assert_type(Retry(on=OSError).call(sync_fn, 1), float)
