@@ -13,7 +13,16 @@ from __future__ import annotations
 from ._core.clock import Clock, SystemClock
 from ._core.deadline import Deadline, current_deadline, deadline, remaining
 from ._core.errors import RejectedError, ResilienceError, TimeoutExceededError
-from ._core.events import Event, EventBus, Listener, Severity, subscribe, unsubscribe
+from ._core.events import (
+    CallRejected,
+    Event,
+    EventBus,
+    Listener,
+    Severity,
+    StateChanged,
+    subscribe,
+    unsubscribe,
+)
 from ._core.outcome import Classifier, Outcome
 from ._core.strategy import Pipeline, Strategy
 from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
@@ -28,6 +37,7 @@ __all__ = [
     "AttemptInfo",
     "Backoff",
     "BackoffKind",
+    "CallRejected",
     "Classifier",
     "Clock",
     "Deadline",
@@ -48,6 +58,7 @@ __all__ = [
     "RetryScheduled",
     "Schedule",
     "Severity",
+    "StateChanged",
     "Strategy",
     "SystemClock",
     "TimedOut",

@@ -18,7 +18,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import ClassVar
 
-__all__ = ["Event", "Severity", "Listener", "EventBus", "EVENTS", "subscribe", "unsubscribe"]
+__all__ = [
+    "Event",
+    "CallRejected",
+    "StateChanged",
+    "Severity",
+    "Listener",
+    "EventBus",
+    "EVENTS",
+    "subscribe",
+    "unsubscribe",
+]
 
 logger = logging.getLogger("resilience")
 
@@ -52,6 +62,35 @@ class Event:
     def source(self) -> str:
         """``policy/strategy``: how telemetry names the strategy that acted."""
         return f"{self.policy}/{self.strategy}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRejected(Event):
+    """A strategy refused to run a call so that the caller fails fast.
+
+    Each rejecting strategy publishes its own subclass (``CircuitRejected``,
+    ``BulkheadRejected``, ``RateLimited`` …); telemetry counts them all by ``reason``.
+
+    Attributes:
+        reason: a short stable label: ``circuit_open``, ``bulkhead_full``,
+            ``rate_limited`` …
+        retry_after: seconds until trying again may succeed, or ``None``.
+    """
+
+    severity: ClassVar[Severity] = Severity.WARNING
+
+    reason: str
+    retry_after: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateChanged(Event):
+    """A stateful strategy moved from ``from_state`` to ``to_state`` (e.g. a breaker opening)."""
+
+    severity: ClassVar[Severity] = Severity.WARNING
+
+    from_state: str
+    to_state: str
 
 
 Listener = Callable[[Event], object]

@@ -75,6 +75,14 @@ class Strategy:
         """The strategy's name inside a policy: ``name`` if given, else its kind."""
         return self.name or self.kind
 
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-serialisable view of the strategy's configuration and live state.
+
+        Stateful strategies extend it (a breaker adds ``state`` and its window rates, a
+        bulkhead ``in_flight`` and ``queued`` …); :func:`resilience.status` collects them.
+        """
+        return {"kind": self.kind, "name": self.name}
+
     # -- the two drivers every strategy provides -------------------------------------------
     def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
         raise NotImplementedError
@@ -152,6 +160,13 @@ class Pipeline(Strategy):
 
     def __len__(self) -> int:
         return len(self.strategies)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "strategies": [s.snapshot() for s in self.strategies],
+        }
 
     def _check_sync(self, fn: AnyCallable) -> None:
         for s in self.strategies:
