@@ -24,5 +24,5 @@ def test_docs_have_examples() -> None:
 def test_page_examples_run(page: Path) -> None:
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
     for i, match in enumerate(FENCE.finditer(page.read_text())):
-        code = compile(match.group(1), f"{page.name}[block {i + 1}]", "exec")
+        code = compile(match.group(1), f"{page.name}[block {i + 1}]", "exec", dont_inherit=True)
         exec(code, namespace)

@@ -107,7 +107,7 @@ class EventBus:
     def __init__(self) -> None:
         self._all: tuple[Listener, ...] = ()
         self._by_policy: dict[str, tuple[Listener, ...]] = {}
-        self._failed: set[int] = set()
+        self._failed: set[Listener] = set()
         self._lock = threading.Lock()
 
     def subscribe(self, listener: Listener, *, policy: str | None = None) -> None:
@@ -123,14 +123,16 @@ class EventBus:
     def unsubscribe(self, listener: Listener, *, policy: str | None = None) -> None:
         """Stop sending events to ``listener``; unknown listeners are ignored."""
         with self._lock:
+            # ``==`` rather than ``is``: a bound method is a new object at every access.
             if policy is None:
-                self._all = tuple(x for x in self._all if x is not listener)
+                self._all = tuple(x for x in self._all if x != listener)
             else:
-                rest = tuple(x for x in self._by_policy.get(policy, ()) if x is not listener)
+                rest = tuple(x for x in self._by_policy.get(policy, ()) if x != listener)
                 if rest:
                     self._by_policy[policy] = rest
                 else:
                     self._by_policy.pop(policy, None)
+            self._failed.discard(listener)
 
     @contextmanager
     def subscribed(self, listener: Listener, *, policy: str | None = None) -> Iterator[None]:
@@ -156,9 +158,8 @@ class EventBus:
         try:
             listener(event)
         except Exception:
-            key = id(listener)
-            if key not in self._failed:
-                self._failed.add(key)
+            if listener not in self._failed:
+                self._failed.add(listener)
                 logger.exception(
                     "resilience: event listener %r raised; the call goes on and further "
                     "errors from this listener are not logged",
