@@ -173,6 +173,7 @@ class FlakyService:
         verbose: bool = False,
     ) -> None:
         self.script = script
+        self.host = host
         self.loop = loop
         self.verbose = verbose
         self.closing = threading.Event()
@@ -184,8 +185,7 @@ class FlakyService:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/"
+        return f"http://{self.host}:{self._server.server_port}/"
 
     def restart(self) -> None:
         """Start the script from its first phase; reset the random source and the counters."""
