@@ -1,16 +1,35 @@
-"""Timing helpers shared by every benchmark module (one process, same run)."""
+"""Timing helpers shared by every benchmark module (one process, same run).
+
+Set ``RESILIENCE_BENCH_QUICK=1`` (or run ``python -m benchmarks --quick``) to time every
+case with a handful of iterations: the numbers mean nothing, but every benchmark runs
+end to end, which is what the smoke test in ``tests/test_benchmarks.py`` relies on.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+QUICK_ENV = "RESILIENCE_BENCH_QUICK"
+_QUICK_NUMBER = 20
+
+
+def quick() -> bool:
+    """Whether benchmarks run in smoke mode (read at call time, so tests can set it)."""
+    return os.environ.get(QUICK_ENV, "") not in {"", "0"}
+
+
+def _budget(number: int, repeat: int) -> tuple[int, int]:
+    return (min(number, _QUICK_NUMBER), 1) if quick() else (number, repeat)
+
 
 def ns_per_call(fn: Callable[[], Any], *, number: int = 20_000, repeat: int = 5) -> float:
     """Best-of-``repeat`` nanoseconds per ``fn()`` over ``number`` calls."""
+    number, repeat = _budget(number, repeat)
     best = float("inf")
     gc_was = gc.isenabled()
     gc.disable()
@@ -30,6 +49,7 @@ def ans_per_call(
     fn: Callable[[], Awaitable[Any]], *, number: int = 20_000, repeat: int = 5
 ) -> float:
     """Best-of-``repeat`` nanoseconds per ``await fn()`` inside one running event loop."""
+    number, repeat = _budget(number, repeat)
 
     async def run() -> float:
         best = float("inf")
@@ -49,11 +69,26 @@ def ans_per_call(
             gc.enable()
 
 
-def print_table(title: str, rows: Sequence[tuple[str, float]], *, baseline: str) -> None:
-    """Print ``name  ns/call  ratio-to-baseline`` rows (ratio = baseline / row: x faster)."""
-    base = dict(rows)[baseline]
+def print_table(
+    title: str,
+    rows: Sequence[tuple[str, float]],
+    *,
+    baseline: str,
+    floor: str | None = None,
+) -> None:
+    """Print ``name  ns/call  ratio-to-baseline`` rows (ratio = baseline / row: x faster).
+
+    With ``floor`` (the name of a row, usually the bare call) an ``overhead`` column
+    shows ``row - floor`` in nanoseconds.
+    """
+    by_name = dict(rows)
+    base = by_name[baseline]
+    bare = by_name[floor] if floor is not None else None
     print(f"\n## {title}\n")
-    print(f"| {'case':<44} | {'ns/call':>10} | {'vs ' + baseline:>18} |")
-    print(f"|{'-' * 46}|{'-' * 12}:|{'-' * 20}:|")
+    extra_head = f" {'overhead ns':>12} |" if bare is not None else ""
+    extra_rule = f"{'-' * 13}:|" if bare is not None else ""
+    print(f"| {'case':<44} | {'ns/call':>10} |{extra_head} {'vs ' + baseline:>18} |")
+    print(f"|{'-' * 46}|{'-' * 11}:|{extra_rule}{'-' * 19}:|")
     for name, ns in rows:
-        print(f"| {name:<44} | {ns:>10.0f} | {base / ns:>17.1f}x |")
+        extra = f" {ns - bare:>12.0f} |" if bare is not None else ""
+        print(f"| {name:<44} | {ns:>10.0f} |{extra} {base / ns:>17.1f}x |")
