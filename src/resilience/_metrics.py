@@ -132,18 +132,19 @@ _users = 0
 _users_lock = threading.Lock()
 
 
-def enable() -> None:
-    """Start recording (reference-counted): call counters and the event listener."""
+def enable(*, durations: bool) -> None:
+    """Start recording (reference-counted): call counters, the event listener and, with
+    ``durations``, the call-duration histogram (two clock reads per call)."""
     global _users
     with _users_lock:
         _users += 1
         if _users == 1:
             EVENTS.subscribe(COUNTERS)
-        TELEMETRY.acquire_metrics()
+        TELEMETRY.acquire_metrics(durations=durations)
 
 
-def disable() -> None:
-    """Undo one :func:`enable`; recording stops when the last user disables it."""
+def disable(*, durations: bool) -> None:
+    """Undo one :func:`enable` with the same ``durations``."""
     global _users
     with _users_lock:
         if _users == 0:
@@ -151,7 +152,7 @@ def disable() -> None:
         _users -= 1
         if _users == 0:
             EVENTS.unsubscribe(COUNTERS)
-        TELEMETRY.release_metrics()
+        TELEMETRY.release_metrics(durations=durations)
 
 
 # -- readers: one per family ------------------------------------------------------------------
@@ -164,8 +165,7 @@ def _calls(snaps: Snapshots) -> Family:
     )
     for stats in sorted(STATS.all(), key=lambda s: (s.policy, s.strategy)):
         for i, name in enumerate(CALL_OUTCOMES):
-            h = stats.hist[i]
-            fam.samples.append(((stats.policy, stats.strategy, name), float(sum(h[:SUM]))))
+            fam.samples.append(((stats.policy, stats.strategy, name), float(stats.calls(i))))
     return fam
 
 
@@ -181,7 +181,7 @@ def _durations(snaps: Snapshots) -> Family:
     for stats in STATS.all():
         acc = merged.setdefault(stats.policy, [0] * (SUM + 1))
         for h in stats.hist:
-            for i, v in enumerate(list(h)):
+            for i, v in enumerate(h[: SUM + 1]):
                 acc[i] += v
     for policy in sorted(merged):
         acc = merged[policy]

@@ -66,14 +66,6 @@ class _Tracing:
         self._seen: object = _UNSEEN
         self._tracer: trace.Tracer | None = None
 
-    def _current_provider(self) -> object:
-        if self._explicit is not None:
-            return self._explicit
-        # The API keeps the global provider in a module attribute that stays None until
-        # set_tracer_provider(); reading it is one attribute load, where
-        # get_tracer_provider() consults os.environ on every call while it is unset.
-        return trace._TRACER_PROVIDER
-
     def _refresh(self, provider: object) -> None:
         tracer = None
         if _is_real(provider):
@@ -82,7 +74,12 @@ class _Tracing:
         self._seen = provider
 
     def begin(self, scope: Scope) -> object | None:
-        provider = self._current_provider()
+        provider = self._explicit
+        if provider is None:
+            # The API keeps the global provider in a module attribute that stays None
+            # until set_tracer_provider(); reading it is one attribute load, where
+            # get_tracer_provider() consults os.environ on every call while it is unset.
+            provider = trace._TRACER_PROVIDER
         if provider is not self._seen:
             self._refresh(provider)
         tracer = self._tracer
@@ -265,7 +262,7 @@ def enable(
             EVENTS.subscribe(_span_events)
         if metrics:
             _create_instruments(meter_provider)
-            _metrics.enable()
+            _metrics.enable(durations=False)
             _state.metrics = True
 
 
@@ -276,7 +273,7 @@ def _disable_locked() -> None:
         _state.tracing = None
     if _state.metrics:
         _state.metrics = False
-        _metrics.disable()
+        _metrics.disable(durations=False)
 
 
 def disable() -> None:

@@ -78,16 +78,20 @@ class ResilienceCollector(Collector):
 
 
 _lock = threading.Lock()
-_enabled: weakref.WeakKeyDictionary[CollectorRegistry, ResilienceCollector] = (
+_enabled: weakref.WeakKeyDictionary[CollectorRegistry, tuple[ResilienceCollector, bool]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def enable(registry: CollectorRegistry | None = None) -> ResilienceCollector:
+def enable(
+    registry: CollectorRegistry | None = None, *, durations: bool = True
+) -> ResilienceCollector:
     """Register the collector in ``registry`` (default: ``prometheus_client.REGISTRY``).
 
     Switches on call counting for every decorated policy, including those decorated
-    before this call. Registering twice in one registry raises ``ValueError``.
+    before this call. With ``durations=False`` calls are counted but not timed: the
+    ``resilience_call_duration_seconds`` histogram stays empty and each call skips its
+    two clock reads. Registering twice in one registry raises ``ValueError``.
     """
     reg = REGISTRY if registry is None else registry
     with _lock:
@@ -104,8 +108,8 @@ def enable(registry: CollectorRegistry | None = None) -> ResilienceCollector:
                 f"cannot register resilience metrics in {reg!r}: another collector there "
                 f"already exposes some of their names ({exc})"
             ) from exc
-        _enabled[reg] = collector
-        _metrics.enable()
+        _enabled[reg] = (collector, durations)
+        _metrics.enable(durations=durations)
     return collector
 
 
@@ -116,11 +120,12 @@ def disable(registry: CollectorRegistry | None = None) -> None:
     """
     reg = REGISTRY if registry is None else registry
     with _lock:
-        collector = _enabled.pop(reg, None)
-        if collector is None:
+        entry = _enabled.pop(reg, None)
+        if entry is None:
             return
+        collector, durations = entry
         reg.unregister(collector)
-        _metrics.disable()
+        _metrics.disable(durations=durations)
 
 
 def asgi_app(registry: CollectorRegistry | None = None) -> Callable[..., Any]:

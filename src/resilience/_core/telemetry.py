@@ -5,8 +5,9 @@ With telemetry off (the default: importing resilience switches nothing on) it co
 attribute check per call. Integrations switch it on:
 
 - metrics (:mod:`resilience.prometheus`, :mod:`resilience.otel`) make the wrapper count
-  the call's outcome into a plain in-process histogram (a list of ints per outcome),
-  read at scrape time. No metrics-library object is touched per call.
+  the call's outcome into plain in-process lists of ints, read at scrape time; with
+  durations on (Prometheus' call-duration histogram) it also reads the clock twice and
+  buckets the duration. No metrics-library object is touched per call.
 - tracing (:mod:`resilience.otel`) installs one :class:`CallObserver` that opens a span
   around the call, or declines at once when no real tracer provider is configured.
 
@@ -43,16 +44,20 @@ __all__ = [
     "instrument",
 ]
 
-METRICS: Final = 1
+COUNT: Final = 1
 TRACING: Final = 2
+TIME: Final = 4
+COUNT_TIME: Final = COUNT | TIME
 
 SUCCESS, KNOWN, UNKNOWN, REJECTED, CANCELLED = range(5)
 CALL_OUTCOMES: Final = ("success", "known_failure", "unknown_failure", "rejected", "cancelled")
 """The ``outcome`` label of a call, by index in :attr:`PolicyStats.hist`."""
 
 SLOTS: Final = 65
-"""Histogram slots: ``bit_length()`` of a duration in ns (0..64); slot 65 is the sum."""
+"""Histogram slots: ``bit_length()`` of a duration in ns (0..64); then the sum, then the
+calls counted while durations were off."""
 SUM: Final = 65
+UNTIMED: Final = 66
 
 _OUTCOME_INDEX: Final = {Outcome.SUCCESS: SUCCESS, Outcome.KNOWN_FAILURE: KNOWN}
 
@@ -72,32 +77,38 @@ class CallObserver(Protocol):
 class _Telemetry:
     """The process-wide switches every policy wrapper reads.
 
-    ``mode`` is a bit set (``METRICS | TRACING``); ``0`` is the fast path.
+    ``mode`` is a bit set of ``COUNT``, ``TIME`` and ``TRACING``; ``0`` is the fast path.
     """
 
-    __slots__ = ("_lock", "_metrics_users", "mode", "observer")
+    __slots__ = ("_counters", "_lock", "_timers", "mode", "observer")
 
     def __init__(self) -> None:
         self.mode = 0
         self.observer: CallObserver | None = None
-        self._metrics_users = 0
+        self._counters = 0
+        self._timers = 0
         self._lock = threading.Lock()
 
     def _update(self) -> None:
-        self.mode = (METRICS if self._metrics_users else 0) | (
-            TRACING if self.observer is not None else 0
+        self.mode = (
+            (COUNT if self._counters else 0)
+            | (TIME if self._timers else 0)
+            | (TRACING if self.observer is not None else 0)
         )
 
-    def acquire_metrics(self) -> None:
-        """Start counting calls (reference-counted: Prometheus and OTel may both use it)."""
+    def acquire_metrics(self, *, durations: bool) -> None:
+        """Start counting calls, and timing them with ``durations`` (reference-counted:
+        Prometheus and OTel may both use it)."""
         with self._lock:
-            self._metrics_users += 1
+            self._counters += 1
+            self._timers += bool(durations)
             self._update()
 
-    def release_metrics(self) -> None:
-        """Undo one :meth:`acquire_metrics`."""
+    def release_metrics(self, *, durations: bool) -> None:
+        """Undo one :meth:`acquire_metrics` with the same ``durations``."""
         with self._lock:
-            self._metrics_users = max(0, self._metrics_users - 1)
+            self._counters = max(0, self._counters - 1)
+            self._timers = max(0, self._timers - bool(durations))
             self._update()
 
     def set_observer(self, observer: CallObserver | None) -> None:
@@ -114,7 +125,8 @@ class PolicyStats:
     """In-process call counters of one ``(policy, strategy)``: a histogram per outcome.
 
     ``hist[outcome][b]`` counts calls whose duration in ns has ``bit_length() == b``;
-    ``hist[outcome][SUM]`` is the sum of their durations in ns. The lists are updated
+    ``hist[outcome][SUM]`` is the sum of their durations in ns, ``hist[outcome][UNTIMED]``
+    counts the calls made while only counting was on. The lists are updated
     without a lock: under the GIL an ``int`` ``+=`` on a list slot runs without a thread
     switch in between (no call, no backward jump), and a lock would cost more than the
     whole update. A scrape copies each list before reading it.
@@ -125,12 +137,20 @@ class PolicyStats:
     def __init__(self, policy: str, strategy: str) -> None:
         self.policy = policy
         self.strategy = strategy
-        self.hist: tuple[list[int], ...] = tuple([0] * (SLOTS + 1) for _ in CALL_OUTCOMES)
+        self.hist: tuple[list[int], ...] = tuple([0] * (UNTIMED + 1) for _ in CALL_OUTCOMES)
 
     def record(self, outcome: int, duration_ns: int) -> None:
         h = self.hist[outcome]
         h[duration_ns.bit_length()] += 1
         h[SUM] += duration_ns
+
+    def count(self, outcome: int) -> None:
+        self.hist[outcome][UNTIMED] += 1
+
+    def calls(self, outcome: int) -> int:
+        """Calls that ended with ``outcome``, timed or not."""
+        h = list(self.hist[outcome])
+        return sum(h[:SUM]) + h[UNTIMED]
 
 
 class _StatsTable:
@@ -266,22 +286,20 @@ def _sync_wrapper(
     def observed(args: Any, kwargs: Any) -> Any:
         observer = gate.observer
         handle = observer.begin(scope) if observer is not None else None
-        metrics = gate.mode & METRICS
-        if handle is None and not metrics:
+        mode = gate.mode
+        if handle is None and not mode & COUNT:
             return inner(*args, **kwargs)
-        t0 = now_ns()
+        t0 = now_ns() if mode & TIME else 0
         try:
             result = inner(*args, **kwargs)
         except BaseException as exc:
             outcome = _classify_error(classifier, exc)
-            if metrics:
-                stats.record(outcome, now_ns() - t0)
+            _record(stats, mode, outcome, t0, now_ns)
             if handle is not None and observer is not None:
                 observer.end(handle, CALL_OUTCOMES[outcome], exc)
             raise
         outcome = _classify_result(classifier, result) if by_result else SUCCESS
-        if metrics:
-            stats.record(outcome, now_ns() - t0)
+        _record(stats, mode, outcome, t0, now_ns)
         if handle is not None and observer is not None:
             observer.end(handle, CALL_OUTCOMES[outcome], None)
         return result
@@ -299,21 +317,38 @@ def _sync_wrapper(
         mode = gate.mode
         if not mode:
             return inner(*args, **kwargs)
-        if mode != METRICS:
-            return observed(args, kwargs)
-        # Metrics only, inlined: two clock reads, one bucket, one sum.
-        t0 = now_ns()
-        try:
-            result = inner(*args, **kwargs)
-        except BaseException as exc:
-            stats.record(_classify_error(classifier, exc), now_ns() - t0)
-            raise
-        d = now_ns() - t0
-        succ[d.bit_length()] += 1
-        succ[SUM] += d
-        return result
+        if mode == COUNT_TIME:
+            # Metrics with durations, inlined: two clock reads, one bucket, one sum.
+            t0 = now_ns()
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                stats.record(_classify_error(classifier, exc), now_ns() - t0)
+                raise
+            d = now_ns() - t0
+            succ[d.bit_length()] += 1
+            succ[SUM] += d
+            return result
+        if mode == COUNT:
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                stats.count(_classify_error(classifier, exc))
+                raise
+            succ[UNTIMED] += 1
+            return result
+        return observed(args, kwargs)
 
     return policy
+
+
+def _record(
+    stats: PolicyStats, mode: int, outcome: int, t0: int, now_ns: Callable[[], int]
+) -> None:
+    if mode & TIME:
+        stats.record(outcome, now_ns() - t0)
+    elif mode & COUNT:
+        stats.count(outcome)
 
 
 def _async_wrapper(
@@ -329,22 +364,20 @@ def _async_wrapper(
     async def observed(args: Any, kwargs: Any) -> Any:
         observer = gate.observer
         handle = observer.begin(scope) if observer is not None else None
-        metrics = gate.mode & METRICS
-        if handle is None and not metrics:
+        mode = gate.mode
+        if handle is None and not mode & COUNT:
             return await inner(*args, **kwargs)
-        t0 = now_ns()
+        t0 = now_ns() if mode & TIME else 0
         try:
             result = await inner(*args, **kwargs)
         except BaseException as exc:
             outcome = _classify_error(classifier, exc)
-            if metrics:
-                stats.record(outcome, now_ns() - t0)
+            _record(stats, mode, outcome, t0, now_ns)
             if handle is not None and observer is not None:
                 observer.end(handle, CALL_OUTCOMES[outcome], exc)
             raise
         outcome = _classify_result(classifier, result) if by_result else SUCCESS
-        if metrics:
-            stats.record(outcome, now_ns() - t0)
+        _record(stats, mode, outcome, t0, now_ns)
         if handle is not None and observer is not None:
             observer.end(handle, CALL_OUTCOMES[outcome], None)
         return result
