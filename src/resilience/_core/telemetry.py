@@ -226,14 +226,17 @@ def error_type(error: BaseException) -> str:
 
 
 # -- what the wrapper learns about its policy at decoration time --------------------------------
-def _find(strategy: Strategy, names: tuple[str, ...], kind: type[Any]) -> Any:
-    """The first attribute of type ``kind`` on the strategy, or on a pipeline's members."""
+def _find(
+    strategy: Strategy, names: tuple[str, ...], kind: type[Any], skip: object = None
+) -> Any:
+    """The first attribute of type ``kind`` (and not ``skip``) on the strategy, or on a
+    pipeline's members, outermost first."""
     for attr in names:
         value = getattr(strategy, attr, None)
-        if isinstance(value, kind):
+        if isinstance(value, kind) and value is not skip:
             return value
     for inner in getattr(strategy, "strategies", ()):
-        found = _find(inner, names, kind)
+        found = _find(inner, names, kind, skip)
         if found is not None:
             return found
     return None
@@ -266,10 +269,16 @@ def instrument(
     classifier: Classifier = (
         _find(strategy, ("classifier", "_classifier"), Classifier) or DEFAULT_CLASSIFIER
     )
-    clock: Clock = _find(strategy, ("clock", "_clock"), Clock) or SYSTEM_CLOCK
+    # Durations use the first injected clock (a FakeClock in tests), else the system's.
+    clock: Clock = _find(strategy, ("clock", "_clock"), Clock, SYSTEM_CLOCK) or SYSTEM_CLOCK
     if is_async:
-        return _async_wrapper(wrapped, scope, stats, classifier, monotonic_ns(clock))
-    return _sync_wrapper(wrapped, scope, stats, classifier, monotonic_ns(clock))
+        wrapper = _async_wrapper(wrapped, scope, stats, classifier, monotonic_ns(clock))
+    else:
+        wrapper = _sync_wrapper(wrapped, scope, stats, classifier, monotonic_ns(clock))
+    # The decorated function keeps its policy alive (``@Pipeline(...)`` inline has no
+    # other owner), so the registry's weak entry lives exactly as long as the function.
+    wrapper.__resilience_policy__ = strategy  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _sync_wrapper(
