@@ -226,9 +226,7 @@ def error_type(error: BaseException) -> str:
 
 
 # -- what the wrapper learns about its policy at decoration time --------------------------------
-def _find(
-    strategy: Strategy, names: tuple[str, ...], kind: type[Any], skip: object = None
-) -> Any:
+def _find(strategy: Strategy, names: tuple[str, ...], kind: type[Any], skip: object = None) -> Any:
     """The first attribute of type ``kind`` (and not ``skip``) on the strategy, or on a
     pipeline's members, outermost first."""
     for attr in names:
