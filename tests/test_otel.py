@@ -239,3 +239,38 @@ def test_metrics_instruments_mirror_the_counters() -> None:
     assert point("resilience.calls", policy=name, strategy="retry", outcome="unknown_failure") == 1
     assert point("resilience.retry.attempts", policy=name) == 2
     assert point("resilience.retry.gave_up", policy=name, reason="attempts") == 1
+
+
+async def test_spans_and_metrics_together(exporter: InMemorySpanExporter) -> None:
+    from prometheus_client import CollectorRegistry
+
+    import resilience.prometheus
+    from resilience._core.telemetry import STATS, SUM
+
+    name = unique("both")
+    clock = FakeClock()
+
+    @Timeout(5.0, clock=clock, name=name)
+    async def work(fail: bool) -> int:
+        clock.advance(0.5)
+        if fail:
+            raise OSError("no")
+        return 1
+
+    registry = CollectorRegistry()
+    resilience.prometheus.enable(registry)
+    try:
+        assert await work(False) == 1
+        with pytest.raises(OSError):
+            await work(True)
+    finally:
+        resilience.prometheus.disable(registry)
+    outcomes = [
+        dict(s.attributes or {})["resilience.outcome"]
+        for s in exporter.get_finished_spans()
+        if s.name == name
+    ]
+    assert outcomes == ["success", "unknown_failure"]
+    stats = STATS.get(name, "timeout")
+    assert (stats.calls(0), stats.calls(2)) == (1, 1)
+    assert stats.hist[0][SUM] + stats.hist[2][SUM] == 1_000_000_000  # two calls of 0.5 s

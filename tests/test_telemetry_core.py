@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -200,3 +201,24 @@ def test_a_broken_classifier_does_not_break_the_call(counting: None) -> None:
     with pytest.raises(KeyError):
         fail()
     assert calls(name, "retry")["unknown_failure"] == 1
+
+
+def test_concurrent_calls_lose_no_count(counting: None) -> None:
+    name = unique("threads")
+
+    @Retry(on=OSError, name=name)
+    def ok() -> int:
+        return 1
+
+    def hammer() -> None:
+        for _ in range(20_000):
+            ok()
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = STATS.get(name, "retry")
+    assert stats.calls(0) == 80_000
+    assert sum(stats.hist[0][: core.SUM]) == 80_000
