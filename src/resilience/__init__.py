@@ -25,6 +25,7 @@ from ._core.events import (
 )
 from ._core.outcome import Classifier, Outcome
 from ._core.strategy import Pipeline, Strategy
+from .actuator import status
 from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
 from .fallback import Fallback, FallbackUsed
 from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
@@ -68,6 +69,7 @@ __all__ = [
     "current_deadline",
     "deadline",
     "remaining",
+    "status",
     "subscribe",
     "unsubscribe",
 ]

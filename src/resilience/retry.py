@@ -306,6 +306,14 @@ class Retry(Strategy):
         """The shared retry budget, if any."""
         return self._budget
 
+    def snapshot(self) -> dict[str, Any]:
+        """Kind, name, the attempts limit and, with a budget, the budget's live counts."""
+        snap = super().snapshot()
+        snap["attempts"] = self._attempts
+        if self._budget is not None:
+            snap["budget"] = self._budget.snapshot()
+        return snap
+
     # -- decisions (no I/O) -----------------------------------------------------------------
     def _retryable(self, error: BaseException) -> bool:
         return (

@@ -7,6 +7,7 @@ from typing import Any
 
 from typing_extensions import assert_type
 
+import resilience
 from resilience import Fallback, Pipeline, Retry, Timeout
 
 
@@ -36,3 +37,4 @@ def check() -> None:
     del fn
     assert_type(Service().method(3), str)
     assert_type(Retry(on=OSError).call(sync_fn, 1), float)
+    assert_type(resilience.status(), dict[str, Any])

@@ -14,7 +14,16 @@ import time
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "Rng", "SystemClock", "TimerHandle", "SYSTEM_CLOCK", "default_rng", "new_rng"]
+__all__ = [
+    "Clock",
+    "Rng",
+    "SystemClock",
+    "TimerHandle",
+    "SYSTEM_CLOCK",
+    "default_rng",
+    "monotonic_ns",
+    "new_rng",
+]
 
 
 class TimerHandle(Protocol):
@@ -85,6 +94,19 @@ class SystemClock:
 
 
 SYSTEM_CLOCK: Clock = SystemClock()
+
+
+def monotonic_ns(clock: Clock) -> Callable[[], int]:
+    """A function returning ``clock``'s time in integer nanoseconds, for hot paths.
+
+    For the system clock it is ``time.monotonic_ns`` itself (no Python frame); any other
+    clock (a ``FakeClock`` in tests) is read through ``now()`` and rounded.
+    """
+    if type(clock) is SystemClock:
+        return time.monotonic_ns
+    now = clock.now
+    return lambda: round(now() * 1e9)
+
 
 Rng = random.Random
 """The type of a random source: ``random.Random`` or a subclass."""

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from .options import to_name
+from .telemetry import POLICIES, instrument
 
 __all__ = ["Scope", "Strategy", "Pipeline"]
 
@@ -63,7 +64,8 @@ class Strategy:
     """
 
     kind: ClassVar[str] = "strategy"
-    __slots__ = ("name",)
+    # __weakref__: the policy registry holds decorated strategies weakly.
+    __slots__ = ("__weakref__", "name")
 
     name: str | None
 
@@ -104,15 +106,20 @@ class Strategy:
         _refuse_generators(self, fn)
         scope = self._scope_for(fn)
         wrapped: AnyCallable
+        is_async = False
         if inspect.iscoroutinefunction(fn):
+            is_async = True
             wrapped = self._wrap_async(fn, scope)
         else:
             self._check_sync(fn)
             wrapped = self._wrap_sync(fn, scope)
         if wrapped is fn:
+            POLICIES.add(scope.policy, self)
             return fn
+        # The outermost policy wrapper: one flag check per call while telemetry is off.
+        wrapped = instrument(self, wrapped, scope, is_async=is_async)
         functools.update_wrapper(wrapped, fn)
-        return wrapped  # type: ignore[return-value]
+        return wrapped
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``fn(*args, **kwargs)`` once through this strategy (sync).
@@ -122,7 +129,9 @@ class Strategy:
         if inspect.iscoroutinefunction(fn):
             raise TypeError("call() runs sync callables; use `await acall(...)` for coroutines")
         self._check_sync(fn)
-        return self._wrap_sync(fn, self._scope_for(fn))(*args, **kwargs)  # type: ignore[no-any-return]
+        scope = self._scope_for(fn)
+        run = instrument(self, self._wrap_sync(fn, scope), scope, is_async=False)
+        return run(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``await fn(*args, **kwargs)`` once through this strategy."""
@@ -130,7 +139,9 @@ class Strategy:
         async def run(*a: Any, **kw: Any) -> Any:
             return await fn(*a, **kw)
 
-        return await self._wrap_async(run, self._scope_for(fn))(*args, **kwargs)  # type: ignore[no-any-return]
+        scope = self._scope_for(fn)
+        wrapped = instrument(self, self._wrap_async(run, scope), scope, is_async=True)
+        return await wrapped(*args, **kwargs)  # type: ignore[no-any-return]
 
 
 class Pipeline(Strategy):

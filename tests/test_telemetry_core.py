@@ -1,0 +1,224 @@
+"""The policy wrapper, its outcome classification and the registry of named policies."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from resilience import Classifier, Outcome, Pipeline, Retry, Timeout
+from resilience._core import telemetry as core
+from resilience._core.telemetry import CALL_OUTCOMES, POLICIES, STATS, TELEMETRY
+from resilience.testing import FakeClock
+from telemetry_standins import Gate, unique
+
+
+@pytest.fixture
+def counting() -> Iterator[None]:
+    """Count and time calls, as an exporter does, for the duration of one test."""
+    TELEMETRY.acquire_metrics(durations=True)
+    try:
+        yield
+    finally:
+        TELEMETRY.release_metrics(durations=True)
+
+
+def calls(policy: str, strategy: str) -> dict[str, int]:
+    stats = STATS.get(policy, strategy)
+    return {name: stats.calls(i) for i, name in enumerate(CALL_OUTCOMES)}
+
+
+def test_off_by_default_and_the_wrapper_keeps_the_function() -> None:
+    assert TELEMETRY.mode == 0
+    name = unique("plain")
+
+    @Retry(on=OSError, name=name)
+    def add(a: int, b: int = 1) -> int:
+        """Adds."""
+        return a + b
+
+    assert add(2, b=3) == 5
+    assert add.__name__ == "add"
+    assert add.__doc__ == "Adds."
+    assert calls(name, "retry")["success"] == 0  # nothing counted while off
+
+
+def test_enabling_after_decoration_counts_every_outcome(counting: None) -> None:
+    name = unique("outcomes")
+    clock = FakeClock()
+    gate = Gate(clock=clock)
+    classifier = Classifier(known=(ValueError,))
+
+    @Pipeline(gate, Retry(on=OSError, attempts=1, classifier=classifier, clock=clock), name=name)
+    def work(what: str) -> str:
+        clock.advance(0.5)
+        if what == "known":
+            raise ValueError("bad input")
+        if what == "unknown":
+            raise OSError("down")
+        if what == "cancel":
+            raise KeyboardInterrupt
+        return what
+
+    assert work("ok") == "ok"
+    assert work("ok") == "ok"
+    with pytest.raises(ValueError):
+        work("known")
+    with pytest.raises(OSError):
+        work("unknown")
+    with pytest.raises(KeyboardInterrupt):
+        work("cancel")
+    gate.rejecting = True
+    with pytest.raises(Exception, match="rejected"):
+        work("ok")
+
+    assert calls(name, "pipeline") == {
+        "success": 2,
+        "known_failure": 1,
+        "unknown_failure": 1,
+        "rejected": 1,
+        "cancelled": 1,
+    }
+    # Durations come from the policy's clock: five calls of 0.5 s, one rejected at once.
+    hist = STATS.get(name, "pipeline").hist
+    assert sum(h[core.SUM] for h in hist) == 5 * 500_000_000
+    assert hist[0][(500_000_000).bit_length()] == 2
+
+
+def test_result_classifier_decides_the_outcome_of_returned_values(counting: None) -> None:
+    name = unique("results")
+    classifier = Classifier(
+        result=lambda r: Outcome.UNKNOWN_FAILURE if r >= 500 else Outcome.SUCCESS
+    )
+
+    @Retry(on=OSError, attempts=1, classifier=classifier, name=name)
+    def status(code: int) -> int:
+        return code
+
+    assert [status(200), status(503), status(201)] == [200, 503, 201]
+    assert calls(name, "retry")["success"] == 2
+    assert calls(name, "retry")["unknown_failure"] == 1
+
+
+async def test_async_calls_are_counted(counting: None) -> None:
+    name = unique("async")
+
+    @Timeout(5.0, name=name)
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0)
+        if x < 0:
+            raise OSError("no")
+        return x
+
+    assert await fetch(1) == 1
+    with pytest.raises(OSError):
+        await fetch(-1)
+    assert calls(name, "timeout") == {
+        "success": 1,
+        "known_failure": 0,
+        "unknown_failure": 1,
+        "rejected": 0,
+        "cancelled": 0,
+    }
+
+
+def test_counting_without_durations_keeps_the_histogram_empty() -> None:
+    name = unique("untimed")
+
+    @Retry(on=OSError, name=name)
+    def ok() -> int:
+        return 1
+
+    TELEMETRY.acquire_metrics(durations=False)
+    try:
+        ok()
+        ok()
+    finally:
+        TELEMETRY.release_metrics(durations=False)
+    stats = STATS.get(name, "retry")
+    assert stats.calls(0) == 2
+    assert sum(stats.hist[0][: core.SUM]) == 0
+
+
+def test_call_and_acall_are_instrumented(counting: None) -> None:
+    retry = Retry(on=OSError, name=unique("call"))
+
+    def one() -> int:
+        return 1
+
+    async def two() -> int:
+        return 2
+
+    assert retry.call(one) == 1
+    assert asyncio.run(retry.acall(two)) == 2
+    assert calls(retry.name or "", "retry")["success"] == 2
+
+
+def test_registry_holds_policies_weakly_by_name() -> None:
+    name = unique("registry")
+    retry = Retry(on=OSError)
+
+    @Pipeline(retry, name=name)
+    def a() -> None: ...
+
+    def b() -> None: ...
+
+    decorated_b = retry(b)
+    names = [n for n, _ in POLICIES.items()]
+    assert name in names  # the decorated function keeps the inline pipeline alive
+    assert any(n.endswith("b") and s is retry for n, s in POLICIES.items())
+    del a, decorated_b, retry
+    gc.collect()
+    assert name not in [n for n, _ in POLICIES.items()]
+
+
+def test_the_registry_keeps_one_entry_per_strategy_and_name() -> None:
+    name = unique("shared")
+    retry = Retry(on=OSError, name=name)
+
+    @retry
+    def a() -> None: ...
+
+    @retry
+    def b() -> None: ...
+
+    assert [s for n, s in POLICIES.items() if n == name] == [retry]
+
+
+def test_a_broken_classifier_does_not_break_the_call(counting: None) -> None:
+    name = unique("broken")
+
+    def explode(exc: BaseException) -> bool:
+        raise RuntimeError("classifier bug")
+
+    @Retry(on=OSError, attempts=1, classifier=Classifier(known_if=explode), name=name)
+    def fail() -> None:
+        raise KeyError("k")
+
+    with pytest.raises(KeyError):
+        fail()
+    assert calls(name, "retry")["unknown_failure"] == 1
+
+
+def test_concurrent_calls_lose_no_count(counting: None) -> None:
+    name = unique("threads")
+
+    @Retry(on=OSError, name=name)
+    def ok() -> int:
+        return 1
+
+    def hammer() -> None:
+        for _ in range(20_000):
+            ok()
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = STATS.get(name, "retry")
+    assert stats.calls(0) == 80_000
+    assert sum(stats.hist[0][: core.SUM]) == 80_000
