@@ -27,6 +27,14 @@ from ._core.outcome import Classifier, Outcome
 from ._core.strategy import Pipeline, Strategy
 from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
 from .fallback import Fallback, FallbackUsed
+from .idempotency import (
+    Idempotency,
+    IdempotencyConflictError,
+    IdempotencyError,
+    IdempotencyKeyError,
+    IdempotencyKeyMismatchError,
+    IdempotencyStoreError,
+)
 from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
 from .timeout import TimedOut, Timeout, TimeoutMode
 
@@ -46,6 +54,12 @@ __all__ = [
     "Fallback",
     "FallbackUsed",
     "GiveUpReason",
+    "Idempotency",
+    "IdempotencyConflictError",
+    "IdempotencyError",
+    "IdempotencyKeyError",
+    "IdempotencyKeyMismatchError",
+    "IdempotencyStoreError",
     "Jitter",
     "Listener",
     "Outcome",
