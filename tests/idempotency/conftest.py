@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import need_server
 
 from resilience.idempotency import ClaimResult, IdempotencyStore, MemoryStore, SQLiteStore
 from resilience.testing import FakeClock
-from tests.conftest import need_server
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PG_CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"

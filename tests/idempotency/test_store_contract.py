@@ -101,8 +101,6 @@ async def test_concurrent_claims_have_exactly_one_winner(driver: Driver) -> None
     if driver.mode == "sync":
         results = [await driver.claim("race", FP, f"t{i}", 30) for i in range(20)]
     else:
-        results = await asyncio.gather(
-            *(driver.claim("race", FP, f"t{i}", 30) for i in range(20))
-        )
+        results = await asyncio.gather(*(driver.claim("race", FP, f"t{i}", 30) for i in range(20)))
     assert sum(isinstance(r, Claimed) for r in results) == 1
     assert sum(isinstance(r, InFlight) for r in results) == 19
