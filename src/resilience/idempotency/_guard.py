@@ -91,7 +91,9 @@ def store_key(namespace: str, scope: str | None, key: str) -> str:
     Hashing the scope (tenant, principal …) together with the key means that the same
     key sent by two principals names two unrelated records.
     """
-    digest = hashlib.sha256(json.dumps([scope, key], ensure_ascii=True).encode()).hexdigest()
+    # Length-prefixed, so no (scope, key) pair can be spelled like another.
+    owner = "" if scope is None else f"{len(scope)}:{scope}"
+    digest = hashlib.sha256(f"{owner}|{key}".encode()).hexdigest()
     return f"{namespace}:{digest}"
 
 
@@ -106,7 +108,12 @@ def canonical(value: Any) -> Any:
     UUIDs, enums, dataclasses and pydantic models get a tagged form. Anything else raises
     ``TypeError``.
     """
-    if value is None or isinstance(value, (bool, int, str)):
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return value
+    if kind is dict and all(type(k) is str for k in value):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else {"$float": repr(value)}

@@ -3,8 +3,9 @@
 Each record is one Redis string with a millisecond expiry (``PX``): the lease while in
 flight, the time-to-live once completed, so Redis itself forgets expired records and
 every client agrees on the time. Each operation is one Lua script, atomic in Redis: a
-claim is ``SET NX PX`` or, if the key exists, its value and ``PTTL`` in the same round
-trip, so a replay costs one round trip.
+claim is ``SET NX PX`` or, if the key exists, its value (and ``PTTL`` while in flight)
+in the same round trip, so a replay costs one round trip. The async half pipelines the
+scripts of concurrent tasks into shared round trips.
 
 Values: ``I<token>\\n<fingerprint>`` in flight, ``C<fingerprint>\\n<payload>`` completed.
 """
@@ -12,10 +13,12 @@ Values: ``I<token>\\n<fingerprint>`` in flight, ``C<fingerprint>\\n<payload>`` c
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import Any
 
 import redis
 import redis.asyncio
+from redis.exceptions import NoScriptError
 
 from .errors import IdempotencyStoreError
 from .store import CLAIMED, ClaimResult, Completed, InFlight
@@ -24,7 +27,9 @@ __all__ = ["RedisStore"]
 
 _CLAIM = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-return {redis.call('GET', KEYS[1]), redis.call('PTTL', KEYS[1])}
+local v = redis.call('GET', KEYS[1])
+if string.sub(v, 1, 1) == 'C' then return v end
+return {v, redis.call('PTTL', KEYS[1])}
 """
 # Ours (value starts with I<token>\n) or gone: store the outcome.
 _COMPLETE = """
@@ -47,6 +52,74 @@ return 0
 """
 
 
+_SOURCES = {"claim": _CLAIM, "complete": _COMPLETE, "release": _RELEASE, "renew": _RENEW}
+_SHAS = {name: hashlib.sha1(src.encode()).hexdigest() for name, src in _SOURCES.items()}
+
+
+class _AutoPipeline:
+    """Sends the scripts of concurrent tasks together, one pipeline per round trip.
+
+    A call queues its script and awaits a future. One drain task at a time sends
+    everything queued as one non-transactional pipeline and hands out the replies; calls
+    queued meanwhile go in the next pipeline. Each script is still atomic in Redis; only
+    the round trips are shared, so a lone call costs what it did and a thousand
+    concurrent ones cost a few round trips.
+    """
+
+    __slots__ = ("_client", "_drainer", "_pending")
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._drainer: asyncio.Task[None] | None = None
+
+    async def run(self, name: str, keys_and_args: tuple[Any, ...]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((name, keys_and_args, future))
+        if self._drainer is None:
+            self._drainer = loop.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._send(batch)
+        finally:
+            self._drainer = None
+
+    async def _send(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+        try:
+            for attempt in (1, 2):
+                pipe = self._client.pipeline(transaction=False)
+                for name, keys_and_args, _ in batch:
+                    pipe.evalsha(_SHAS[name], 1, *keys_and_args)
+                replies = await pipe.execute(raise_on_error=False)
+                if attempt == 1 and any(isinstance(r, NoScriptError) for r in replies):
+                    # First use, or the server restarted or flushed its scripts.
+                    for src in _SOURCES.values():
+                        await self._client.script_load(src)
+                    continue
+                for (_, _, future), reply in zip(batch, replies):
+                    if future.done():  # its caller was cancelled
+                        continue
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
+                        future.set_result(reply)
+                return
+        except BaseException as exc:
+            # No caller may wait forever: every future gets the error.
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(
+                        exc if isinstance(exc, Exception) else redis.ConnectionError(repr(exc))
+                    )
+            if not isinstance(exc, Exception):
+                raise
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -58,7 +131,10 @@ def _owner(token: str) -> bytes:
 def _answer(reply: Any) -> ClaimResult:
     if reply == 1:
         return CLAIMED
-    value, pttl = reply
+    if isinstance(reply, bytes):  # completed: the value alone
+        value, pttl = reply, 0
+    else:
+        value, pttl = reply
     if not isinstance(value, bytes):
         raise IdempotencyStoreError(
             "Redis returned text, not bytes: build the client with decode_responses=False"
@@ -81,7 +157,7 @@ class RedisStore:
     by :meth:`close` / :meth:`aclose`.
     """
 
-    __slots__ = ("_client", "_is_async", "_owned", "_scripts", "prefix")
+    __slots__ = ("_client", "_is_async", "_owned", "_pipeline", "_scripts", "prefix")
 
     def __init__(self, client: Any, *, prefix: str = "resilience:idempotency:") -> None:
         if isinstance(client, redis.asyncio.Redis):
@@ -100,12 +176,8 @@ class RedisStore:
         self.prefix = prefix
         self._client = client
         self._owned = False
-        self._scripts = {
-            "claim": client.register_script(_CLAIM),
-            "complete": client.register_script(_COMPLETE),
-            "release": client.register_script(_RELEASE),
-            "renew": client.register_script(_RENEW),
-        }
+        self._scripts = {name: client.register_script(src) for name, src in _SOURCES.items()}
+        self._pipeline = _AutoPipeline(client) if self._is_async else None
 
     @classmethod
     def from_url(
@@ -140,8 +212,9 @@ class RedisStore:
     async def _arun(self, name: str, key: str, args: list[Any]) -> Any:
         if not self._is_async:
             return await asyncio.to_thread(self._run, name, key, args)
+        assert self._pipeline is not None
         try:
-            return await self._scripts[name](keys=[self.prefix + key], args=args)
+            return await self._pipeline.run(name, (self.prefix + key, *args))
         except redis.RedisError as exc:
             raise IdempotencyStoreError(f"Redis {name} failed: {exc}") from exc
 

@@ -279,12 +279,28 @@ class Idempotency(Strategy):
         elif isinstance(fp, Unset):
             if sig is not None and not generic:
                 bind = sig.bind
+                simple = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in params)
+                positional = [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD]
+                known = frozenset(p.name for p in params)
+                defaults = {
+                    p.name: p.default
+                    for p in params
+                    if p.default is not p.empty and p.name not in excluded
+                }
 
                 def fp_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                    bound = bind(*args, **kwargs)
-                    bound.apply_defaults()
-                    items = {k: v for k, v in bound.arguments.items() if k not in excluded}
-                    return fingerprint_of(items)
+                    if simple and len(args) <= len(positional) and known.issuperset(kwargs):
+                        # The common shape, bound by hand: inspect's bind is the slow part.
+                        items = dict(defaults)
+                        items.update(zip(positional, args))
+                        items.update(kwargs)
+                    else:
+                        bound = bind(*args, **kwargs)
+                        bound.apply_defaults()
+                        items = bound.arguments
+                    return fingerprint_of(
+                        {k: v for k, v in items.items() if k not in excluded}
+                    )
 
             else:
 
