@@ -118,7 +118,8 @@ def stores(tmp: Path) -> list[tuple[str, Callable[[], Any], Callable[[Any], None
 
 
 def main() -> None:
-    print("\n## Idempotency guard on loopback (sync stores: one thread)" + (" (quick)" if QUICK else "") + "\n")
+    quick = " (quick)" if QUICK else ""
+    print(f"\n## Idempotency guard on loopback, sync stores in one thread{quick}\n")
     print(f"| {'store':<28} | {'guarded calls/s':>16} | {'replays/s':>10} |")
     print(f"|{'-' * 30}|{'-' * 17}:|{'-' * 11}:|")
     with tempfile.TemporaryDirectory() as tmp:

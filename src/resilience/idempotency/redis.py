@@ -101,7 +101,7 @@ class _AutoPipeline:
                     for src in _SOURCES.values():
                         await self._client.script_load(src)
                     continue
-                for (_, _, future), reply in zip(batch, replies):
+                for (_, _, future), reply in zip(batch, replies, strict=True):
                     if future.done():  # its caller was cancelled
                         continue
                     if isinstance(reply, Exception):

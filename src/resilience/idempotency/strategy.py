@@ -292,15 +292,13 @@ class Idempotency(Strategy):
                     if simple and len(args) <= len(positional) and known.issuperset(kwargs):
                         # The common shape, bound by hand: inspect's bind is the slow part.
                         items = dict(defaults)
-                        items.update(zip(positional, args))
+                        items.update(zip(positional, args, strict=False))
                         items.update(kwargs)
                     else:
                         bound = bind(*args, **kwargs)
                         bound.apply_defaults()
                         items = bound.arguments
-                    return fingerprint_of(
-                        {k: v for k, v in items.items() if k not in excluded}
-                    )
+                    return fingerprint_of({k: v for k, v in items.items() if k not in excluded})
 
             else:
 
