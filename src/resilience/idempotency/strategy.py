@@ -54,7 +54,9 @@ class Idempotency(Strategy):
             ``RedisStore``, ``PostgresStore`` or your own ``IdempotencyStore``.
         key: the name of the function's parameter that carries the key, or a function
             of the call's arguments returning it (``None``: no key). At most
-            ``max_key_length`` printable ASCII characters.
+            ``max_key_length`` printable ASCII characters. A parameter name is resolved
+            from the signature of what the guard wraps: make the guard the innermost
+            strategy of a pipeline, or pass the key by keyword, or use a function.
         ttl: how long an outcome is replayed, seconds or ``timedelta`` ``> 0``;
             default 24 hours.
         lease: how long a claim holds without finishing, ``> 0``; default 60 s. A call
