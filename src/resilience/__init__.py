@@ -28,6 +28,14 @@ from ._core.strategy import Pipeline, Strategy
 from .actuator import status
 from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
 from .fallback import Fallback, FallbackUsed
+from .idempotency import (
+    Idempotency,
+    IdempotencyConflictError,
+    IdempotencyError,
+    IdempotencyKeyError,
+    IdempotencyKeyMismatchError,
+    IdempotencyStoreError,
+)
 from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
 from .timeout import TimedOut, Timeout, TimeoutMode
 
@@ -47,6 +55,12 @@ __all__ = [
     "Fallback",
     "FallbackUsed",
     "GiveUpReason",
+    "Idempotency",
+    "IdempotencyConflictError",
+    "IdempotencyError",
+    "IdempotencyKeyError",
+    "IdempotencyKeyMismatchError",
+    "IdempotencyStoreError",
     "Jitter",
     "Listener",
     "Outcome",

@@ -8,7 +8,8 @@ from typing import Any
 from typing_extensions import assert_type
 
 import resilience
-from resilience import Fallback, Pipeline, Retry, Timeout
+from resilience import Fallback, Idempotency, Pipeline, Retry, Timeout
+from resilience.idempotency import MemoryStore
 
 
 @Retry(on=OSError)
@@ -21,6 +22,16 @@ async def async_fn(x: int) -> float:
     return float(x)
 
 
+@Idempotency(store=MemoryStore(), key="key")
+def charge(key: str, cents: int) -> dict[str, int]:
+    return {"cents": cents}
+
+
+@Pipeline(Retry(on=OSError), Idempotency(store=MemoryStore(), key=lambda key, **_: key))
+async def acharge(key: str, cents: int) -> int:
+    return cents
+
+
 class Service:
     @Retry(on=OSError)
     def method(self, n: int) -> str:
@@ -29,6 +40,7 @@ class Service:
 
 async def acheck() -> None:
     assert_type(await async_fn(2), float)
+    assert_type(await acharge("k", 1), int)
 
 
 def check() -> None:
@@ -36,5 +48,6 @@ def check() -> None:
     fn: Callable[[int], Coroutine[Any, Any, float]] = async_fn
     del fn
     assert_type(Service().method(3), str)
+    assert_type(charge("k", 1), dict[str, int])
     assert_type(Retry(on=OSError).call(sync_fn, 1), float)
     assert_type(resilience.status(), dict[str, Any])
