@@ -77,14 +77,15 @@ class RetryGaveUp(Event):
 
 
 def _add_note(exc: BaseException, note: str) -> None:
-    add = getattr(exc, "add_note", None)
-    if add is not None:
-        add(note)
-    else:  # Python 3.10: PEP 678 by hand
-        notes = getattr(exc, "__notes__", None)
-        if not isinstance(notes, list):
-            notes = []
-            exc.__notes__ = notes  # type: ignore[attr-defined]
+    """Annotate the caller's error (PEP 678, by hand on 3.10); never raise, never drop notes.
+
+    The error matters more than the note: a ``__notes__`` that is not a list (which makes
+    ``add_note`` raise ``TypeError``) is left as it is.
+    """
+    notes = getattr(exc, "__notes__", None)
+    if notes is None:
+        exc.__notes__ = [note]  # type: ignore[attr-defined]
+    elif isinstance(notes, list):
         notes.append(note)
 
 
@@ -350,7 +351,8 @@ class Retry(Strategy):
                 result=result,
             )
             delay = self._schedule.delay(info, self._rng)
-        if self._total is not None and now + delay - start > self._total:
+        # A wait that ends at the limit leaves no time for the attempt after it.
+        if self._total is not None and now + delay - start >= self._total:
             return GiveUpReason.TOTAL_TIMEOUT
         dl = DEADLINE.get()
         if dl is not None and delay >= dl.when - dl.clock.now():
@@ -407,10 +409,13 @@ class Retry(Strategy):
                     result = fn(*args, **kwargs)
                 except Exception as exc:
                     error = exc
-                    return again(args, kwargs, call, error, None)
-                if on_result is not None and on_result(result):
+                else:
+                    if on_result is None or not on_result(result):
+                        return result
                     return again(args, kwargs, call, None, result)
-                return result
+                # Outside the except block: later attempts' errors must not get the first
+                # one chained on as their __context__.
+                return again(args, kwargs, call, error, None)
             finally:
                 if token is not None:
                     DEADLINE.reset(token)
@@ -464,10 +469,12 @@ class Retry(Strategy):
                     result = await fn(*args, **kwargs)
                 except Exception as exc:
                     error = exc
-                    return await again(args, kwargs, call, error, None)
-                if on_result is not None and on_result(result):
+                else:
+                    if on_result is None or not on_result(result):
+                        return result
                     return await again(args, kwargs, call, None, result)
-                return result
+                # Outside the except block (see the sync driver).
+                return await again(args, kwargs, call, error, None)
             finally:
                 if token is not None:
                     DEADLINE.reset(token)
