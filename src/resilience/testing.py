@@ -46,11 +46,13 @@ class _FakeTimer:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Fire once; ``False`` if the timer was cancelled (or has fired) already."""
         if self.cancelled:
-            return
+            return False
         self.cancelled = True
         self.callback()
+        return True
 
 
 class FakeClock:
@@ -95,7 +97,19 @@ class FakeClock:
     async def asleep(self, seconds: float) -> None:
         with self._lock:
             self.sleeps.append(seconds)
-        self.advance(max(0.0, seconds))
+            target = self._now + max(0.0, seconds)
+        # Fire the timers due during the sleep one at a time and yield after each: a timer
+        # that cancels this task (a timeout) must interrupt the sleep at its own time, not
+        # after time has jumped to the end of the sleep and every later timer fired too.
+        while True:
+            with self._lock:
+                if not self._timers or self._timers[0][0] > target:
+                    self._now = max(self._now, target)
+                    break
+                when, _, timer = heapq.heappop(self._timers)
+                self._now = max(self._now, when)
+            if timer.run():
+                await real_asleep(0)
         await real_asleep(0)
 
     def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
