@@ -151,7 +151,7 @@ def test_deadline_set_outside_reaches_a_thread_mode_worker(clock: FakeClock) -> 
     assert seen == [5.0]
 
 
-# -- Retry honours the deadline ------------------------------------------------------------------
+# -- Retry honours the deadline -------------------------------------------------------------------
 
 
 class Always:

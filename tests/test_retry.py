@@ -85,7 +85,7 @@ class Always:
         raise exc
 
 
-# -- schedules ----------------------------------------------------------------------------------
+# -- schedules ------------------------------------------------------------------------------------
 
 
 def expected_schedule(
@@ -178,7 +178,7 @@ def test_a_custom_schedule_sees_each_attempt(clock: FakeClock) -> None:
     assert clock.sleeps == [1.5, 1.5]
 
 
-# -- limits -------------------------------------------------------------------------------------
+# -- limits ---------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -232,7 +232,7 @@ def test_attempts_one_never_retries(clock: FakeClock, events: CapturingListener)
     assert [e.reason for e in events.of_type(RetryGaveUp)] == [GiveUpReason.ATTEMPTS]
 
 
-# -- what is retried -----------------------------------------------------------------------------
+# -- what is retried ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -318,7 +318,7 @@ async def test_on_result_and_errors_mix_in_one_call(clock: FakeClock, mode: str)
     assert steps == []
 
 
-# -- retry_after hints ---------------------------------------------------------------------------
+# -- retry_after hints ----------------------------------------------------------------------------
 
 
 class Throttled(Exception):
@@ -403,7 +403,7 @@ def test_a_hint_can_come_from_a_result(clock: FakeClock) -> None:
     assert clock.sleeps == [2.0]
 
 
-# -- exhaustion re-raises the last error itself ---------------------------------------------
+# -- exhaustion re-raises the last error itself ---------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -477,7 +477,7 @@ def test_the_note_is_added_by_hand_where_add_note_is_missing(clock: FakeClock) -
     assert first.__notes__ == ["resilience: svc/retry gave up after 1 attempt(s) (attempts)"]
 
 
-# -- the retry budget ----------------------------------------------------------------------------
+# -- the retry budget -----------------------------------------------------------------------------
 
 
 def test_budget_allows_a_ratio_of_requests(clock: FakeClock) -> None:
@@ -554,7 +554,7 @@ def test_a_budget_is_shared_by_the_retries_that_use_it(clock: FakeClock) -> None
     assert budget.snapshot()["requests"] == 2
 
 
-# -- attempt blocks ------------------------------------------------------------------------------
+# -- attempt blocks -------------------------------------------------------------------------------
 
 
 def test_attempt_blocks_retry_until_the_block_succeeds(clock: FakeClock) -> None:
@@ -646,7 +646,7 @@ def test_attempt_blocks_stop_at_total_timeout(clock: FakeClock) -> None:
     assert work.calls == 3
 
 
-# -- methods and repr ----------------------------------------------------------------------------
+# -- methods and repr -----------------------------------------------------------------------------
 
 
 def test_retry_decorates_methods_with_per_instance_state(clock: FakeClock) -> None:

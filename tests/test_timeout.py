@@ -26,7 +26,7 @@ from resilience import (
 )
 from resilience.testing import CapturingListener, FakeClock
 
-# -- async: the work is cancelled ------------------------------------------------------------------
+# -- async: the work is cancelled -----------------------------------------------------------------
 
 
 async def test_async_timeout_cancels_the_work(clock: FakeClock) -> None:
@@ -207,7 +207,7 @@ async def test_async_timeout_publishes_timed_out(
     ]
 
 
-# -- async with ------------------------------------------------------------------------------------
+# -- async with -----------------------------------------------------------------------------------
 
 
 async def test_async_with_cancels_the_block(clock: FakeClock) -> None:
@@ -285,7 +285,7 @@ async def test_concurrent_async_with_blocks_are_independent(clock: FakeClock) ->
     assert await asyncio.gather(*tasks) == [1.0] * 5
 
 
-# -- sync: the cooperative deadline mode -----------------------------------------------------------
+# -- sync: the cooperative deadline mode ----------------------------------------------------------
 
 
 def test_deadline_mode_keeps_a_late_result_on_the_error(clock: FakeClock) -> None:
@@ -392,7 +392,7 @@ def test_thread_mode_cannot_guard_a_with_block() -> None:
         pass
 
 
-# -- sync: the thread mode (real clock, small durations) -------------------------------------------
+# -- sync: the thread mode (real clock, small durations) ------------------------------------------
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -487,7 +487,7 @@ def test_thread_mode_does_not_start_past_the_deadline(clock: FakeClock) -> None:
     assert not ran
 
 
-# -- misc ------------------------------------------------------------------------------------------
+# -- misc -----------------------------------------------------------------------------------------
 
 
 def test_repr_and_snapshot() -> None:

@@ -121,11 +121,13 @@ class Strategy:
         """
         if inspect.iscoroutinefunction(fn):
             raise TypeError("call() runs sync callables; use `await acall(...)` for coroutines")
+        _refuse_generators(self, fn)
         self._check_sync(fn)
         return self._wrap_sync(fn, self._scope_for(fn))(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``await fn(*args, **kwargs)`` once through this strategy."""
+        _refuse_generators(self, fn)
 
         async def run(*a: Any, **kw: Any) -> Any:
             return await fn(*a, **kw)
