@@ -135,6 +135,8 @@ class RetryBudget:
         self.ratio = to_float("ratio", ratio, minimum=0.0, maximum=1000.0)
         self.min_per_second = to_float("min_per_second", min_per_second, minimum=0.0)
         self.window = to_seconds("window", window, minimum=0.0, exclusive_minimum=True)
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock, got {clock!r}")
         self._clock = clock or SYSTEM_CLOCK
         self._width = self.window / self._BUCKETS
         self._req = [0] * self._BUCKETS
@@ -287,6 +289,8 @@ class Retry(Strategy):
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(f"clock must be a Clock, got {clock!r}")
         self._clock = clock or SYSTEM_CLOCK
+        if rng is not None and not isinstance(rng, Rng):
+            raise TypeError(f"rng must be a random.Random or None, got {rng!r}")
         self._rng = rng or default_rng()
 
     def __repr__(self) -> str:

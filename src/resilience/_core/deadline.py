@@ -82,6 +82,8 @@ def deadline(seconds: float | timedelta, *, clock: Clock | None = None) -> Itera
     call short use :class:`~resilience.Timeout`.
     """
     secs = to_seconds("seconds", seconds, minimum=0.0)
+    if clock is not None and not isinstance(clock, Clock):
+        raise TypeError(f"clock must be a Clock, got {clock!r}")
     d, token = tighten(secs, clock or SYSTEM_CLOCK)
     try:
         yield d
