@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -627,12 +628,24 @@ class Attempts:
             await self._retry._clock.asleep(attempt._delay)
 
 
+def _is_tenacity_wait(obj: object) -> bool:
+    """A tenacity ``wait_*`` object, or a user's subclass of ``tenacity.wait.wait_base``.
+
+    tenacity is not imported for this: whoever holds a tenacity wait has imported it.
+    """
+    if type(obj).__module__.startswith("tenacity"):
+        return True
+    wait_module = sys.modules.get("tenacity.wait")
+    base = getattr(wait_module, "wait_base", None)
+    return isinstance(base, type) and isinstance(obj, base)
+
+
 def _to_schedule(backoff: object) -> Schedule:
     if backoff is None:
         return Backoff.exponential()
     if isinstance(backoff, Schedule):
         return backoff
-    if type(backoff).__module__.startswith("tenacity"):
+    if _is_tenacity_wait(backoff):
         from .tenacity import wait_schedule
 
         return wait_schedule(backoff)
