@@ -194,6 +194,27 @@ def test_unsubscribe_stops_delivery_and_ignores_unknown_listeners() -> None:
     assert len(second.events) == 2
 
 
+def test_a_bound_method_can_be_unsubscribed() -> None:
+    # Every `obj.method` is a new object: unsubscribing must match it by equality.
+    class Sink:
+        def __init__(self) -> None:
+            self.events: list[Event] = []
+
+        def on_event(self, e: Event) -> None:
+            self.events.append(e)
+
+    bus = EventBus()
+    sink = Sink()
+    bus.subscribe(sink.on_event)
+    bus.subscribe(sink.on_event, policy="a")
+    bus.publish(event("a"))
+    bus.unsubscribe(sink.on_event)
+    bus.unsubscribe(sink.on_event, policy="a")
+    bus.publish(event("a"))
+    assert len(sink.events) == 2
+    assert not bus.wants("a")
+
+
 def test_subscribed_context_manager() -> None:
     bus = EventBus()
     listener = CapturingListener()

@@ -121,12 +121,16 @@ class EventBus:
                 self._by_policy[policy] = (*self._by_policy.get(policy, ()), listener)
 
     def unsubscribe(self, listener: Listener, *, policy: str | None = None) -> None:
-        """Stop sending events to ``listener``; unknown listeners are ignored."""
+        """Stop sending events to ``listener``; unknown listeners are ignored.
+
+        Listeners are matched by equality, not identity: ``obj.method`` is a new object
+        each time it is read, but equal to the one that was subscribed.
+        """
         with self._lock:
             if policy is None:
-                self._all = tuple(x for x in self._all if x is not listener)
+                self._all = tuple(x for x in self._all if x != listener)
             else:
-                rest = tuple(x for x in self._by_policy.get(policy, ()) if x is not listener)
+                rest = tuple(x for x in self._by_policy.get(policy, ()) if x != listener)
                 if rest:
                     self._by_policy[policy] = rest
                 else:
