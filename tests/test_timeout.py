@@ -187,6 +187,35 @@ async def test_work_that_swallows_the_cancellation_keeps_its_result(clock: FakeC
     assert cancel_requests(asyncio.current_task()) == 0
 
 
+@NEEDS_UNCANCEL
+@pytest.mark.parametrize("form", ["decorator", "async-with"])
+async def test_work_that_turns_the_cancellation_into_its_own_error(
+    clock: FakeClock, form: str
+) -> None:
+    # Some clients map a cancellation to their own error. That error passes through, and
+    # the timeout's cancel request is withdrawn all the same: a stale request would make
+    # an enclosing asyncio.timeout() report its own expiry as a CancelledError.
+    class ClientClosed(Exception):
+        pass
+
+    async def mapping() -> None:
+        try:
+            await clock.asleep(5)
+        except asyncio.CancelledError:
+            raise ClientClosed from None
+
+    with pytest.raises(ClientClosed):
+        if form == "decorator":
+            await Timeout(1, clock=clock)(mapping)()
+        else:
+            async with Timeout(1, clock=clock):
+                await mapping()
+    assert cancel_requests(asyncio.current_task()) == 0
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0):
+            await asyncio.sleep(1)
+
+
 async def test_an_expired_deadline_does_not_start_async_work(clock: FakeClock) -> None:
     calls = 0
 

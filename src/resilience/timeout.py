@@ -236,6 +236,12 @@ class Timeout(Strategy):
                     if entry.fired and _uncancel(task) == 0:
                         raise self._error(scope, start) from None
                     raise
+                except BaseException:
+                    if entry.fired:
+                        # The work turned our cancellation into its own error: withdraw the
+                        # request, or an enclosing asyncio.timeout() would misread it.
+                        _uncancel(task)
+                    raise
                 finally:
                     handle.cancel()
                 if entry.fired:
