@@ -7,7 +7,7 @@ from typing import Any
 
 from typing_extensions import assert_type
 
-from resilience import Fallback, Pipeline, Retry, Timeout
+from resilience import Fallback, Pipeline, Retry, Timeout, deadline, remaining
 
 
 @Retry(on=OSError)
@@ -36,3 +36,23 @@ def check() -> None:
     del fn
     assert_type(Service().method(3), str)
     assert_type(Retry(on=OSError).call(sync_fn, 1), float)
+
+
+async def acheck_core() -> None:
+    retry = Retry(on=OSError, attempts=2)
+    assert_type(await retry.acall(async_fn, 2), float)
+    async with Timeout(1.0) as d:
+        assert_type(d.remaining(), float)
+    async for attempt in retry.attempts():
+        with attempt:
+            assert_type(attempt.number, int)
+
+
+def check_core() -> None:
+    for attempt in Retry(on=OSError).attempts(name="block"):
+        with attempt:
+            pass
+    with Timeout(1.0) as d:
+        assert_type(d.expired(), bool)
+    with deadline(2.0):
+        assert_type(remaining(), float | None)
