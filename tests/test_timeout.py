@@ -448,17 +448,17 @@ def test_thread_mode_raises_at_the_deadline_while_the_worker_runs_on() -> None:
         release.wait(5)
         return x + 1
 
+    t(lambda: None)()  # an idle worker is ready, so the call starts at once
     token = REQUEST_ID.set("r-42")
     try:
         with pytest.raises(TimeoutExceededError) as info:
             blocking(1)
+        pending = info.value.pending
+        assert pending is not None
+        assert not pending.done()  # the caller got the error; the worker still runs
     finally:
         REQUEST_ID.reset(token)
-    err = info.value
-    pending = err.pending
-    assert pending is not None
-    assert not pending.done()  # the caller got the error; the worker still runs
-    release.set()
+        release.set()
     assert pending.result(timeout=5) == 2
     assert seen["thread"].startswith("resilience-timeout")
     assert seen["request_id"] == "r-42"
@@ -498,13 +498,16 @@ def test_thread_mode_drops_a_call_still_queued() -> None:
         ran.append(tag)
         release.wait(5)
 
-    with pytest.raises(TimeoutExceededError) as first:
-        work("first")
-    with pytest.raises(TimeoutExceededError) as second:
-        work("second")
+    t(lambda: None)()  # the one worker is up and idle
+    try:
+        with pytest.raises(TimeoutExceededError) as first:
+            work("first")
+        with pytest.raises(TimeoutExceededError) as second:
+            work("second")
+    finally:
+        release.set()
     assert first.value.pending is not None
     assert second.value.pending is None  # it never started, so nothing runs on
-    release.set()
     first.value.pending.result(timeout=5)
     t.close()
     assert ran == ["first"]
