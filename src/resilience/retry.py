@@ -78,7 +78,7 @@ class RetryGaveUp(Event):
 
 
 def _add_note(exc: BaseException, note: str) -> None:
-    """Annotate the caller's error (PEP 678, by hand on 3.10); never raise, never drop notes.
+    """Annotate the caller's error (PEP 678; the same code on 3.10); never raise or drop notes.
 
     The error matters more than the note: a ``__notes__`` that is not a list (which makes
     ``add_note`` raise ``TypeError``) is left as it is.
