@@ -66,9 +66,6 @@ class Schedule(Protocol):
     def delay(self, info: AttemptInfo, rng: Rng) -> float: ...
 
 
-_MAX_EXPONENT = 1024
-
-
 @dataclass(frozen=True, slots=True, init=False)
 class Backoff:
     """A backoff schedule. Build one with :meth:`constant`, :meth:`linear` or :meth:`exponential`.
@@ -160,13 +157,13 @@ class Backoff:
             d = self.base
         elif self.kind is BackoffKind.LINEAR:
             d = self.base * retry
+        elif self.base == 0.0:
+            d = 0.0
         else:
-            exp = retry - 1
-            d = (
-                math.inf
-                if exp > _MAX_EXPONENT and self.multiplier > 1.0
-                else self.base * self.multiplier**exp
-            )
+            try:
+                d = self.base * self.multiplier ** (retry - 1)
+            except OverflowError:  # a long retry with a large multiplier: far past the cap
+                d = math.inf
         return d if d < self.max_delay else self.max_delay
 
     def delay(self, info: AttemptInfo, rng: Rng) -> float:

@@ -69,6 +69,8 @@ class Fallback(Strategy):
         self._handler = handler
         self._is_async = handler is not None and inspect.iscoroutinefunction(handler)
         self._on_result = on_result
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock, got {clock!r}")
         self._clock = clock or SYSTEM_CLOCK
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -77,14 +78,15 @@ class RetryGaveUp(Event):
 
 
 def _add_note(exc: BaseException, note: str) -> None:
-    add = getattr(exc, "add_note", None)
-    if add is not None:
-        add(note)
-    else:  # Python 3.10: PEP 678 by hand
-        notes = getattr(exc, "__notes__", None)
-        if not isinstance(notes, list):
-            notes = []
-            exc.__notes__ = notes  # type: ignore[attr-defined]
+    """Annotate the caller's error (PEP 678; the same code on 3.10); never raise or drop notes.
+
+    The error matters more than the note: a ``__notes__`` that is not a list (which makes
+    ``add_note`` raise ``TypeError``) is left as it is.
+    """
+    notes = getattr(exc, "__notes__", None)
+    if notes is None:
+        exc.__notes__ = [note]  # type: ignore[attr-defined]
+    elif isinstance(notes, list):
         notes.append(note)
 
 
@@ -134,6 +136,8 @@ class RetryBudget:
         self.ratio = to_float("ratio", ratio, minimum=0.0, maximum=1000.0)
         self.min_per_second = to_float("min_per_second", min_per_second, minimum=0.0)
         self.window = to_seconds("window", window, minimum=0.0, exclusive_minimum=True)
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock, got {clock!r}")
         self._clock = clock or SYSTEM_CLOCK
         self._width = self.window / self._BUCKETS
         self._req = [0] * self._BUCKETS
@@ -286,6 +290,8 @@ class Retry(Strategy):
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(f"clock must be a Clock, got {clock!r}")
         self._clock = clock or SYSTEM_CLOCK
+        if rng is not None and not isinstance(rng, Rng):
+            raise TypeError(f"rng must be a random.Random or None, got {rng!r}")
         self._rng = rng or default_rng()
 
     def __repr__(self) -> str:
@@ -358,7 +364,8 @@ class Retry(Strategy):
                 result=result,
             )
             delay = self._schedule.delay(info, self._rng)
-        if self._total is not None and now + delay - start > self._total:
+        # A wait that ends at the limit leaves no time for the attempt after it.
+        if self._total is not None and now + delay - start >= self._total:
             return GiveUpReason.TOTAL_TIMEOUT
         dl = DEADLINE.get()
         if dl is not None and delay >= dl.when - dl.clock.now():
@@ -415,10 +422,13 @@ class Retry(Strategy):
                     result = fn(*args, **kwargs)
                 except Exception as exc:
                     error = exc
-                    return again(args, kwargs, call, error, None)
-                if on_result is not None and on_result(result):
+                else:
+                    if on_result is None or not on_result(result):
+                        return result
                     return again(args, kwargs, call, None, result)
-                return result
+                # Outside the except block: later attempts' errors must not get the first
+                # one chained on as their __context__.
+                return again(args, kwargs, call, error, None)
             finally:
                 if token is not None:
                     DEADLINE.reset(token)
@@ -472,10 +482,12 @@ class Retry(Strategy):
                     result = await fn(*args, **kwargs)
                 except Exception as exc:
                     error = exc
-                    return await again(args, kwargs, call, error, None)
-                if on_result is not None and on_result(result):
+                else:
+                    if on_result is None or not on_result(result):
+                        return result
                     return await again(args, kwargs, call, None, result)
-                return result
+                # Outside the except block (see the sync driver).
+                return await again(args, kwargs, call, error, None)
             finally:
                 if token is not None:
                     DEADLINE.reset(token)
@@ -624,12 +636,24 @@ class Attempts:
             await self._retry._clock.asleep(attempt._delay)
 
 
+def _is_tenacity_wait(obj: object) -> bool:
+    """A tenacity ``wait_*`` object, or a user's subclass of ``tenacity.wait.wait_base``.
+
+    tenacity is not imported for this: whoever holds a tenacity wait has imported it.
+    """
+    if type(obj).__module__.startswith("tenacity"):
+        return True
+    wait_module = sys.modules.get("tenacity.wait")
+    base = getattr(wait_module, "wait_base", None)
+    return isinstance(base, type) and isinstance(obj, base)
+
+
 def _to_schedule(backoff: object) -> Schedule:
     if backoff is None:
         return Backoff.exponential()
     if isinstance(backoff, Schedule):
         return backoff
-    if type(backoff).__module__.startswith("tenacity"):
+    if _is_tenacity_wait(backoff):
         from .tenacity import wait_schedule
 
         return wait_schedule(backoff)

@@ -46,11 +46,13 @@ class _FakeTimer:
     def cancel(self) -> None:
         self.cancelled = True
 
-    def run(self) -> None:
+    def run(self) -> bool:
+        """Fire once; ``False`` if the timer was cancelled (or has fired) already."""
         if self.cancelled:
-            return
+            return False
         self.cancelled = True
         self.callback()
+        return True
 
 
 class FakeClock:
@@ -76,16 +78,19 @@ class FakeClock:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
         with self._lock:
             target = self._now + seconds
-            due: list[tuple[float, _FakeTimer]] = []
-            while self._timers and self._timers[0][0] <= target:
-                when, _, timer = heapq.heappop(self._timers)
-                due.append((when, timer))
-        for when, timer in due:
-            with self._lock:
-                self._now = max(self._now, when)
+        # One timer at a time, so that a timer set by a firing one fires too if it is due.
+        while (timer := self._pop_due(target)) is not None:
             timer.run()
+
+    def _pop_due(self, target: float) -> _FakeTimer | None:
+        """The next timer due by ``target``, with time moved to it; else move to ``target``."""
         with self._lock:
-            self._now = max(self._now, target)
+            if not self._timers or self._timers[0][0] > target:
+                self._now = max(self._now, target)
+                return None
+            when, _, timer = heapq.heappop(self._timers)
+            self._now = max(self._now, when)
+            return timer
 
     def sleep(self, seconds: float) -> None:
         with self._lock:
@@ -95,7 +100,12 @@ class FakeClock:
     async def asleep(self, seconds: float) -> None:
         with self._lock:
             self.sleeps.append(seconds)
-        self.advance(max(0.0, seconds))
+            target = self._now + max(0.0, seconds)
+        # Yield after each timer that fires: one that cancels this task (a timeout) must
+        # interrupt the sleep at its own time, before time jumps on and later timers fire.
+        while (timer := self._pop_due(target)) is not None:
+            if timer.run():
+                await real_asleep(0)
         await real_asleep(0)
 
     def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:

@@ -203,7 +203,7 @@ class Timeout(Strategy):
             start = clock.now()
             d, token = tighten(seconds, clock)
             try:
-                if d.when <= start:
+                if self._expired(d):
                     raise self._error(scope, start)
                 result = fn(*args, **kwargs)
             finally:
@@ -222,7 +222,7 @@ class Timeout(Strategy):
             start = clock.now()
             d, token = tighten(seconds, clock)
             try:
-                if d.when <= start:
+                if self._expired(d):
                     raise self._error(scope, start)
                 task = asyncio.current_task()
                 if task is None:  # pragma: no cover - always inside a task under asyncio
@@ -235,6 +235,12 @@ class Timeout(Strategy):
                 except asyncio.CancelledError:
                     if entry.fired and _uncancel(task) == 0:
                         raise self._error(scope, start) from None
+                    raise
+                except BaseException:
+                    if entry.fired:
+                        # The work turned our cancellation into its own error: withdraw the
+                        # request, or an enclosing asyncio.timeout() would misread it.
+                        _uncancel(task)
                     raise
                 finally:
                     handle.cancel()
@@ -269,7 +275,7 @@ class Timeout(Strategy):
         if self.mode is TimeoutMode.THREAD:
             raise TypeError("a thread-mode Timeout cannot guard a with-block; decorate a function")
         entry = self._enter()
-        if entry.deadline.when <= entry.start:
+        if self._expired(entry.deadline):
             self._exit()
             raise self._error(Scope(self.name or "timeout", self.kind), entry.start)
         return entry.deadline
@@ -287,7 +293,7 @@ class Timeout(Strategy):
     async def __aenter__(self) -> Deadline:
         """``async with timeout:`` cancels the block at the deadline."""
         entry = self._enter()
-        if entry.deadline.when <= entry.start:
+        if self._expired(entry.deadline):
             self._exit()
             raise self._error(Scope(self.name or "timeout", self.kind), entry.start)
         entry.task = asyncio.current_task()

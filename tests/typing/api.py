@@ -8,7 +8,7 @@ from typing import Any
 from typing_extensions import assert_type
 
 import resilience
-from resilience import Fallback, Idempotency, Pipeline, Retry, Timeout
+from resilience import Fallback, Idempotency, Pipeline, Retry, Timeout, deadline, remaining
 from resilience.idempotency import MemoryStore
 
 
@@ -51,3 +51,23 @@ def check() -> None:
     assert_type(charge("k", 1), dict[str, int])
     assert_type(Retry(on=OSError).call(sync_fn, 1), float)
     assert_type(resilience.status(), dict[str, Any])
+
+
+async def acheck_core() -> None:
+    retry = Retry(on=OSError, attempts=2)
+    assert_type(await retry.acall(async_fn, 2), float)
+    async with Timeout(1.0) as d:
+        assert_type(d.remaining(), float)
+    async for attempt in retry.attempts():
+        with attempt:
+            assert_type(attempt.number, int)
+
+
+def check_core() -> None:
+    for attempt in Retry(on=OSError).attempts(name="block"):
+        with attempt:
+            pass
+    with Timeout(1.0) as d:
+        assert_type(d.expired(), bool)
+    with deadline(2.0):
+        assert_type(remaining(), float | None)

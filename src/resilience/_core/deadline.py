@@ -66,10 +66,11 @@ def remaining() -> float | None:
 def tighten(seconds: float, clock: Clock) -> tuple[Deadline, contextvars.Token[Deadline | None]]:
     """Set the deadline to ``now + seconds`` unless an earlier one is already in force."""
     outer = DEADLINE.get()
-    when = clock.now() + seconds
-    if outer is not None and outer.when <= when:
+    # Compare the time left, not the absolute times: the outer deadline may be on another
+    # clock (a fake one in tests) whose origin has nothing to do with ``clock``'s.
+    if outer is not None and outer.when - outer.clock.now() <= seconds:
         return outer, DEADLINE.set(outer)
-    d = Deadline(when, clock)
+    d = Deadline(clock.now() + seconds, clock)
     return d, DEADLINE.set(d)
 
 
@@ -81,6 +82,8 @@ def deadline(seconds: float | timedelta, *, clock: Clock | None = None) -> Itera
     call short use :class:`~resilience.Timeout`.
     """
     secs = to_seconds("seconds", seconds, minimum=0.0)
+    if clock is not None and not isinstance(clock, Clock):
+        raise TypeError(f"clock must be a Clock, got {clock!r}")
     d, token = tighten(secs, clock or SYSTEM_CLOCK)
     try:
         yield d

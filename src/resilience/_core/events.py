@@ -121,7 +121,11 @@ class EventBus:
                 self._by_policy[policy] = (*self._by_policy.get(policy, ()), listener)
 
     def unsubscribe(self, listener: Listener, *, policy: str | None = None) -> None:
-        """Stop sending events to ``listener``; unknown listeners are ignored."""
+        """Stop sending events to ``listener``; unknown listeners are ignored.
+
+        Listeners are matched by equality, not identity: ``obj.method`` is a new object
+        each time it is read, but equal to the one that was subscribed.
+        """
         with self._lock:
             # ``==`` rather than ``is``: a bound method is a new object at every access.
             if policy is None:

@@ -99,8 +99,10 @@ def to_float(
 def to_name(name: str, value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
+    if not isinstance(value, str):
         raise TypeError(f"{name} must be a non-empty str or None, got {value!r}")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty str or None, got {value!r}")
     return value
 
 

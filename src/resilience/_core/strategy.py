@@ -128,6 +128,7 @@ class Strategy:
         """
         if inspect.iscoroutinefunction(fn):
             raise TypeError("call() runs sync callables; use `await acall(...)` for coroutines")
+        _refuse_generators(self, fn)
         self._check_sync(fn)
         scope = self._scope_for(fn)
         run = instrument(self, self._wrap_sync(fn, scope), scope, is_async=False)
@@ -135,6 +136,7 @@ class Strategy:
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run ``await fn(*args, **kwargs)`` once through this strategy."""
+        _refuse_generators(self, fn)
 
         async def run(*a: Any, **kw: Any) -> Any:
             return await fn(*a, **kw)
