@@ -332,7 +332,7 @@ def test_pipeline_snapshot_lists_its_strategies() -> None:
         "name": "api",
         "strategies": [
             {"kind": "timeout", "name": None},
-            {"kind": "retry", "name": "r"},
+            {"kind": "retry", "name": "r", "attempts": 3},
         ],
     }
 

@@ -686,4 +686,9 @@ def test_repr_and_properties(clock: FakeClock) -> None:
     assert retry.attempts_limit == 4
     assert retry.budget is budget
     assert repr(budget) == "RetryBudget(ratio=0.2, min_per_second=10, window=10)"
-    assert retry.snapshot() == {"kind": "retry", "name": "db"}
+    assert retry.snapshot() == {
+        "kind": "retry",
+        "name": "db",
+        "attempts": 4,
+        "budget": {"requests": 0, "retries": 0, "available": 100.0},
+    }

@@ -90,5 +90,5 @@ def test_instrumenting_again_renames_without_double_publishing(
 def test_instrument_refuses_what_is_not_tenacity() -> None:
     with pytest.raises(TypeError, match="tenacity"):
         instrument(object(), name="x")
-    with pytest.raises(TypeError, match="name"):
+    with pytest.raises(ValueError, match="name"):
         instrument(tenacity.Retrying(), name="")
