@@ -26,6 +26,14 @@ from ._core.events import (
 from ._core.outcome import Classifier, Outcome
 from ._core.strategy import Pipeline, Strategy
 from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
+from .circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerOptions,
+    CircuitOpenError,
+    CircuitRejected,
+    CircuitState,
+    CircuitStateChanged,
+)
 from .fallback import Fallback, FallbackUsed
 from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
 from .timeout import TimedOut, Timeout, TimeoutMode
@@ -38,6 +46,12 @@ __all__ = [
     "Backoff",
     "BackoffKind",
     "CallRejected",
+    "CircuitBreaker",
+    "CircuitBreakerOptions",
+    "CircuitOpenError",
+    "CircuitRejected",
+    "CircuitState",
+    "CircuitStateChanged",
     "Classifier",
     "Clock",
     "Deadline",
