@@ -574,7 +574,7 @@ class _Machine:
         return None
 
     # -- the decision protocol ----------------------------------------------------------------
-    # The four protocol methods take the lock with acquire()/release() rather than
+    # The protocol methods take the lock with acquire()/release() rather than
     # ``with``: measured here, that halves the cost of the lock on the hot path.
     def acquire(self, now: float) -> int | _Decision:
         """A permit (the current epoch) when the call may run, else a rejection."""
@@ -651,19 +651,39 @@ class _Machine:
         return None
 
     def on_failure(
-        self, permit: int, error: BaseException | None, now: float, duration: float
+        self, permit: int, error: BaseException, now: float, duration: float
     ) -> _Transition | None:
-        """The call failed with ``error`` (``None``: a result classified as a failure).
+        """The call failed with ``error``.
 
         Ignored types and known failures are released unrecorded; only unknown
         failures count.
         """
-        if error is not None and (
-            isinstance(error, self._ignore)
-            or self._classifier.classify_exception(error) is not Outcome.UNKNOWN_FAILURE
+        if isinstance(error, self._ignore) or (
+            self._classifier.classify_exception(error) is not Outcome.UNKNOWN_FAILURE
         ):
-            self.release(permit)
+            self._release(permit)
             return None
+        return self._fail(permit, now, duration)
+
+    def on_result(
+        self, permit: int, result: Any, now: float, duration: float
+    ) -> _Transition | None:
+        """The call returned ``result``; the classifier says what it means."""
+        outcome = self._classifier.classify_result(result)
+        if outcome is Outcome.SUCCESS:
+            return self._on_success(permit, now, duration)
+        if outcome is Outcome.UNKNOWN_FAILURE:
+            return self._fail(permit, now, duration)
+        self._release(permit)
+        return None
+
+    def release(self, permit: int) -> None:
+        """Give the permit back without recording an outcome (a probe slot is freed)."""
+        self._release(permit)
+
+    # The public methods above are called exactly once per permit and never call one
+    # another; these are what they share.
+    def _fail(self, permit: int, now: float, duration: float) -> _Transition | None:
         lock = self._lock
         lock.acquire()
         try:
@@ -679,22 +699,7 @@ class _Machine:
         finally:
             lock.release()
 
-    def on_result(
-        self, permit: int, result: Any, now: float, duration: float
-    ) -> _Transition | None:
-        """The call returned ``result``; the classifier says what it means."""
-        if self._classifier.result is None:
-            return self.on_success(permit, now, duration)
-        outcome = self._classifier.classify_result(result)
-        if outcome is Outcome.SUCCESS:
-            return self.on_success(permit, now, duration)
-        if outcome is Outcome.UNKNOWN_FAILURE:
-            return self.on_failure(permit, None, now, duration)
-        self.release(permit)
-        return None
-
-    def release(self, permit: int) -> None:
-        """Give the permit back without recording an outcome (a probe slot is freed)."""
+    def _release(self, permit: int) -> None:
         lock = self._lock
         lock.acquire()
         try:
