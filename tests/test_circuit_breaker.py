@@ -11,6 +11,9 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import resilience.circuit_breaker as cb_module
 from resilience import (
@@ -482,7 +485,11 @@ def test_count_window_slides(clock: FakeClock) -> None:
         clock, failure_threshold=None, failure_rate_threshold=50, window_size=4, minimum_calls=4
     )
     call = runner(b, clock)
-    for what in (Boom(), "ok", "ok", "ok", "ok", Boom(), "ok"):
+    for what in (Boom(), "ok", "ok", "ok", "ok"):
+        outcome(call, what)
+    snap = b.snapshot()  # exactly four calls later, the failure has left the window
+    assert (snap["calls_in_window"], snap["failed_calls"]) == (4, 0)
+    for what in (Boom(), "ok"):
         outcome(call, what)
     snap = b.snapshot()
     # The first failure left the window four calls later; the last four are ok ok Boom ok.
@@ -1057,3 +1064,239 @@ def test_error_built_by_hand() -> None:
     assert str(CircuitOpenError(policy="p", retry_after=1.5)) == (
         "circuit breaker 'p' is open; next probe in 1.5 s"
     )
+
+
+# -- the breaker against a model -------------------------------------------------------------
+
+MODEL = {
+    "failure_threshold": 3,
+    "failure_rate_threshold": 50.0,
+    "window_size": 5,
+    "minimum_calls": 3,
+    "slow_call_duration": 2.0,
+    "slow_call_rate_threshold": 60.0,
+    "open_duration": 10.0,
+    "open_duration_multiplier": 2.0,
+    "max_open_duration": 35.0,
+    "half_open_probes": 2,
+    "max_half_open_wait": 15.0,
+}
+
+
+class Model:
+    """The breaker's rules written the plain way: a list for the window, no epochs
+    parity, no lock-free paths."""
+
+    def __init__(self) -> None:
+        self.state = "closed"
+        self.epoch = 0
+        self.window: list[tuple[bool, bool]] = []
+        self.consecutive = 0
+        self.open_until = 0.0
+        self.level = 0
+        self.in_flight = 0
+        self.succeeded = 0
+        self.deadline = 0.0
+        self.not_permitted = 0
+        self.transitions = 0
+
+    def open_for(self) -> float:
+        grown = MODEL["open_duration"] * MODEL["open_duration_multiplier"] ** self.level
+        return min(grown, MODEL["max_open_duration"])
+
+    def to(self, new: str, now: float) -> None:
+        if new == "open":
+            self.open_until = now + self.open_for()
+        elif new == "closed":
+            self.window = []
+            self.consecutive = 0
+            self.level = 0
+        self.in_flight = self.succeeded = 0
+        self.state = new
+        self.epoch += 1
+        self.transitions += 1
+
+    def reopen(self, now: float) -> None:
+        if self.open_for() < MODEL["max_open_duration"]:
+            self.level += 1
+        self.to("open", now)
+
+    def poll(self, now: float) -> None:
+        if self.state == "open" and now >= self.open_until:
+            self.to("half_open", now)
+        elif self.state == "half_open" and self.in_flight and now >= self.deadline:
+            self.reopen(now)
+
+    def acquire(self, now: float) -> tuple[int | None, str, float | None]:
+        if self.state == "open" and now < self.open_until:
+            self.not_permitted += 1
+            return None, "open", self.open_until - now
+        if self.state in ("closed", "metrics_only", "disabled"):
+            return self.epoch, self.state, None
+        self.poll(now)
+        if self.state == "half_open" and self.in_flight + self.succeeded < 2:
+            self.in_flight += 1
+            self.deadline = now + MODEL["max_half_open_wait"]
+            return self.epoch, self.state, None
+        self.not_permitted += 1
+        return None, self.state, (self.open_until - now if self.state == "open" else None)
+
+    def record(self, failed: bool, slow: bool, now: float) -> None:
+        self.window = [*self.window, (failed, slow)][-5:]
+        if failed:
+            self.consecutive += 1
+        if self.state == "metrics_only":
+            return
+        calls = len(self.window)
+        failures = sum(f for f, _ in self.window)
+        slows = sum(s for _, s in self.window)
+        trips = (
+            (failed and self.consecutive >= 3)
+            or (failed and calls >= 3 and failures * 100 >= 50 * calls)
+            or (slow and calls >= 3 and slows * 100 >= 60 * calls)
+        )
+        if trips:
+            self.to("open", now)
+
+    def success(self, epoch: int, now: float, took: float) -> None:
+        if epoch != self.epoch:
+            return
+        if self.state in ("closed", "metrics_only"):
+            self.consecutive = 0
+            if took < 2.0:
+                self.window = [*self.window, (False, False)][-5:]
+            else:
+                self.record(False, True, now)
+        elif self.state == "half_open":
+            self.in_flight -= 1
+            if took >= 2.0:
+                self.reopen(now)
+            else:
+                self.succeeded += 1
+                if self.succeeded >= 2:
+                    self.to("closed", now)
+
+    def failure(self, epoch: int, now: float, took: float) -> None:
+        if epoch != self.epoch:
+            return
+        if self.state in ("closed", "metrics_only"):
+            self.record(True, took >= 2.0, now)
+        elif self.state == "half_open":
+            self.in_flight -= 1
+            self.reopen(now)
+
+    def release(self, epoch: int) -> None:
+        if epoch == self.epoch and self.state == "half_open":
+            self.in_flight -= 1
+
+    def force(self, new: str, now: float) -> None:
+        if self.state != new:
+            if new == "open":
+                self.level = 0
+            self.to(new, now)
+
+    def reset(self, now: float) -> None:
+        self.to("closed", now)
+        self.not_permitted = 0
+        self.transitions = 0
+
+
+# Mostly fast successes, so that windows fill and slide between the trips.
+HOW = st.sampled_from(["success"] * 5 + ["failure", "failure", "ignored", "release"])
+TOOK = st.sampled_from([0.0, 0.0, 0.0, 1.0, 2.0, 3.0])
+
+
+class BreakerAgainstModel(RuleBasedStateMachine):
+    """Drive the decision protocol and the manual controls; the breaker and the model
+    must agree on every decision and on the snapshot after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = FakeClock()
+        self.breaker = CircuitBreaker(name="model", clock=self.clock, ignore=KeyError, **MODEL)
+        self.machine = self.breaker._machine
+        self.model = Model()
+        self.held: list[tuple[int, int]] = []  # (the breaker's permit, the model's epoch)
+
+    @rule(seconds=st.sampled_from([0.0, 0.5, 1.0, 5.0, 10.0, 20.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @rule(how=HOW, took=TOOK)
+    def call(self, how: str, took: float) -> None:
+        """A whole call: acquire, and report at once if admitted."""
+        held = len(self.held)
+        self.acquire()
+        if len(self.held) > held:
+            self.report(len(self.held) - 1, how, took)
+
+    @rule()
+    def acquire(self) -> None:
+        now = self.clock.now()
+        decision = self.machine.acquire(now)
+        expected, state, retry_after = self.model.acquire(now)
+        if isinstance(decision, int):
+            permit: int | None = decision
+        else:
+            permit, got_state, got_retry_after, _ = decision
+            if permit is None:
+                assert got_state.value == state
+                assert got_retry_after == pytest.approx(retry_after)
+        assert (permit is None) == (expected is None)
+        if permit is not None and expected is not None:
+            self.held.append((permit, expected))
+
+    @precondition(lambda self: self.held)
+    @rule(pick=st.integers(min_value=0), how=HOW, took=TOOK)
+    def report(self, pick: int, how: str, took: float) -> None:
+        permit, epoch = self.held.pop(pick % len(self.held))
+        now = self.clock.now()
+        if how == "success":
+            self.machine.on_success(permit, now, took)
+            self.model.success(epoch, now, took)
+        elif how == "failure":
+            self.machine.on_failure(permit, Boom(), now, took)
+            self.model.failure(epoch, now, took)
+        elif how == "ignored":
+            self.machine.on_failure(permit, KeyError("k"), now, took)
+            self.model.release(epoch)
+        else:
+            self.machine.release(permit)
+            self.model.release(epoch)
+
+    @rule(action=st.sampled_from(["open", "close", "isolate", "disable", "metrics_only", "reset"]))
+    def manual(self, action: str) -> None:
+        getattr(self.breaker, action)()
+        now = self.clock.now()
+        if action == "reset":
+            self.model.reset(now)
+        else:
+            target = {"close": "closed", "isolate": "forced_open", "disable": "disabled"}.get(
+                action, action
+            )
+            self.model.force(target, now)
+
+    @invariant()
+    def agree(self) -> None:
+        now = self.clock.now()
+        self.model.poll(now)
+        snap = self.breaker.snapshot()
+        m = self.model
+        calls = len(m.window)
+        assert snap["state"] == m.state
+        assert snap["calls_in_window"] == calls
+        assert snap["failed_calls"] == sum(f for f, _ in m.window)
+        assert snap["slow_calls"] == sum(s for _, s in m.window)
+        assert snap["consecutive_failures"] == m.consecutive
+        assert snap["not_permitted_calls"] == m.not_permitted
+        assert snap["half_open_in_flight"] == m.in_flight
+        assert snap["transitions"] == m.transitions
+        expected_open = max(0.0, m.open_until - now) if m.state == "open" else None
+        assert snap["open_until"] == pytest.approx(expected_open)
+        assert 0 <= m.in_flight <= 2
+
+
+BreakerAgainstModel.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=60, deadline=None
+)
+test_breaker_against_model = BreakerAgainstModel.TestCase
