@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -1044,6 +1045,24 @@ def test_snapshot_keys_and_json(clock: FakeClock) -> None:
         25.0,
         4,
     )
+
+
+def test_a_rejection_makes_no_reference_cycle(clock: FakeClock) -> None:
+    # An error kept in a local of a frame it passes through would be kept alive by its
+    # own traceback: garbage for the cycle collector on every rejected call.
+    b = breaker(clock)
+    call = runner(b, clock)
+    b.open()
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(50):
+            assert outcome(call) == "rejected"
+            with pytest.raises(CircuitOpenError), b:
+                pass
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def test_repr(clock: FakeClock) -> None:

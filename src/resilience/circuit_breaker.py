@@ -168,6 +168,16 @@ class CircuitOpenError(RejectedError):
 _new_error = CircuitOpenError.__new__
 
 
+def _rejection(policy: str, state: CircuitState, retry_after: float | None) -> CircuitOpenError:
+    """A :class:`CircuitOpenError` built without its ``__init__`` (cheaper), the message
+    formatted only if it is shown."""
+    err = _new_error(CircuitOpenError)
+    err.policy = policy
+    err.state = state
+    err.retry_after = retry_after
+    return err
+
+
 # -- options -------------------------------------------------------------------------------
 
 _MAX_COUNT = 1_000_000
@@ -934,12 +944,8 @@ class CircuitBreaker(Strategy):
                 )
             )
 
-    def _admit(self, decision: int | _Decision, scope: Scope, now: float) -> int | CircuitOpenError:
-        """Publish what ``acquire`` decided; the permit, or the error for the caller to raise.
-
-        The error is returned rather than raised here: each frame an exception unwinds
-        costs ~0.3 µs, a third of the budget of a rejection.
-        """
+    def _admit(self, decision: int | _Decision, scope: Scope, now: float) -> int:
+        """Publish what ``acquire`` decided; the permit, or raise :class:`CircuitOpenError`."""
         if isinstance(decision, int):
             return decision
         permit, state, retry_after, transition = decision
@@ -958,12 +964,9 @@ class CircuitBreaker(Strategy):
                     state=state.value,
                 )
             )
-        # Built without the __init__ call, and the message formatted only when shown.
-        err = _new_error(CircuitOpenError)
-        err.policy = scope.policy
-        err.state = state
-        err.retry_after = retry_after
-        return err
+        # Raised without ever being bound to a local of a frame it passes through: that
+        # would make a reference cycle (error -> traceback -> frame -> error) per call.
+        raise _rejection(scope.policy, state, retry_after)
 
     # -- drivers --------------------------------------------------------------------------------
     # Both drivers admit a closed-state call without the lock (the epoch is read before
@@ -971,18 +974,22 @@ class CircuitBreaker(Strategy):
     # clock is read only when something needs it: the slow-call rule, a time window or
     # a result classifier (``timed``), a failure, or a probe (an odd permit).
 
+    def _classifies_results(self) -> bool:
+        c = self.options.classifier
+        return c is not None and c.result is not None
+
     def _timed(self) -> bool:
         o = self.options
         return (
             o.window_type is WindowType.TIME
             or o.slow_call_duration is not None
-            or (o.classifier is not None and o.classifier.result is not None)
+            or self._classifies_results()
         )
 
     def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
         m = self._machine
         acquire, on_success, on_failure, release = m.acquire, m.on_success, m.on_failure, m.release
-        on_result = m.on_result
+        on_result = m.on_result if self._classifies_results() else None
         admit, emit, now = self._admit, self._emit, self._clock.now
         timed = self._timed()
 
@@ -990,10 +997,7 @@ class CircuitBreaker(Strategy):
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
-                decision = admit(acquire(start), scope, start)
-                if isinstance(decision, CircuitOpenError):
-                    raise decision
-                permit = decision
+                permit = admit(acquire(start), scope, start)
             else:
                 start = now() if timed else 0.0
             try:
@@ -1009,7 +1013,10 @@ class CircuitBreaker(Strategy):
                 raise
             if timed:
                 end = now()
-                t = on_result(permit, result, end, end - start)
+                if on_result is None:
+                    t = on_success(permit, end, end - start)
+                else:
+                    t = on_result(permit, result, end, end - start)
             elif permit & 1:
                 t = on_success(permit, now(), 0.0)
             else:
@@ -1025,7 +1032,7 @@ class CircuitBreaker(Strategy):
     def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
         m = self._machine
         acquire, on_success, on_failure, release = m.acquire, m.on_success, m.on_failure, m.release
-        on_result = m.on_result
+        on_result = m.on_result if self._classifies_results() else None
         admit, emit, now = self._admit, self._emit, self._clock.now
         timed = self._timed()
 
@@ -1033,10 +1040,7 @@ class CircuitBreaker(Strategy):
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
-                decision = admit(acquire(start), scope, start)
-                if isinstance(decision, CircuitOpenError):
-                    raise decision
-                permit = decision
+                permit = admit(acquire(start), scope, start)
             else:
                 start = now() if timed else 0.0
             try:
@@ -1052,7 +1056,10 @@ class CircuitBreaker(Strategy):
                 raise
             if timed:
                 end = now()
-                t = on_result(permit, result, end, end - start)
+                if on_result is None:
+                    t = on_success(permit, end, end - start)
+                else:
+                    t = on_result(permit, result, end, end - start)
             elif permit & 1:
                 t = on_success(permit, now(), 0.0)
             else:
@@ -1069,8 +1076,6 @@ class CircuitBreaker(Strategy):
         scope = self._home_scope()
         start = self._clock.now()
         permit = self._admit(self._machine.acquire(start), scope, start)
-        if isinstance(permit, CircuitOpenError):
-            raise permit
         _ENTRIES.set((*_ENTRIES.get(), _Entry(self, permit, start)))
 
     def _exit(self, exc: BaseException | None) -> None:
