@@ -999,7 +999,7 @@ class CircuitBreaker(Strategy):
                 start = now()
                 permit = admit(acquire(start), scope, start)
             else:
-                start = now() if timed else 0.0
+                start = now() if timed else 0.0  # untimed: no duration is ever compared
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:
