@@ -7,7 +7,7 @@ from typing import Any
 
 from typing_extensions import assert_type
 
-from resilience import Fallback, Pipeline, Retry, Timeout
+from resilience import CircuitBreaker, CircuitState, Fallback, Pipeline, Retry, Timeout
 
 
 @Retry(on=OSError)
@@ -20,6 +20,19 @@ async def async_fn(x: int) -> float:
     return float(x)
 
 
+breaker = CircuitBreaker(failure_threshold=3, open_duration=30.0, name="db")
+
+
+@breaker
+async def breaker_async(x: int) -> bytes:
+    return bytes(x)
+
+
+@Pipeline(Retry(on=OSError), breaker)
+def breaker_sync(x: int) -> str:
+    return str(x)
+
+
 class Service:
     @Retry(on=OSError)
     def method(self, n: int) -> str:
@@ -28,6 +41,9 @@ class Service:
 
 async def acheck() -> None:
     assert_type(await async_fn(2), float)
+    assert_type(await breaker_async(2), bytes)
+    async with breaker:
+        pass
 
 
 def check() -> None:
@@ -36,3 +52,7 @@ def check() -> None:
     del fn
     assert_type(Service().method(3), str)
     assert_type(Retry(on=OSError).call(sync_fn, 1), float)
+    assert_type(breaker_sync(1), str)
+    assert_type(breaker.state, CircuitState)
+    with breaker:
+        pass
