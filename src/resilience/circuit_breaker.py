@@ -41,7 +41,7 @@ from ._core.clock import SYSTEM_CLOCK, Clock
 from ._core.errors import RejectedError
 from ._core.events import EVENTS, CallRejected, StateChanged
 from ._core.options import UNSET, Unset, to_float, to_int, to_seconds
-from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
+from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome, _check_types
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
 
 __all__ = [
@@ -187,16 +187,6 @@ def _percent(name: str, value: object) -> float:
     return to_float(name, value, minimum=0.0, maximum=100.0, exclusive_minimum=True)
 
 
-def _exception_types(name: str, value: object) -> tuple[type[BaseException], ...]:
-    if isinstance(value, type) and issubclass(value, BaseException):
-        return (value,)
-    if isinstance(value, tuple) and all(
-        isinstance(t, type) and issubclass(t, BaseException) for t in value
-    ):
-        return value
-    raise TypeError(f"{name} must be an exception type or a tuple of them, got {value!r}")
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CircuitBreakerOptions:
     """The configuration of a :class:`CircuitBreaker`, validated once at construction.
@@ -287,13 +277,9 @@ class CircuitBreakerOptions:
             to_seconds("max_open_duration", self.max_open_duration, minimum=opened)
         to_int("half_open_probes", self.half_open_probes, minimum=1, maximum=10_000)
         to_seconds("max_half_open_wait", self.max_half_open_wait, exclusive_minimum=True)
-        object.__setattr__(self, "ignore", _exception_types("ignore", self.ignore))
+        object.__setattr__(self, "ignore", _check_types("ignore", self.ignore))
         if self.classifier is not None and not isinstance(self.classifier, Classifier):
             raise TypeError(f"classifier must be a Classifier or None, got {self.classifier!r}")
-
-
-def _secs(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 # -- windows -------------------------------------------------------------------------------
@@ -476,31 +462,35 @@ class _Machine:
         self._rate_threshold = (
             o.failure_rate_threshold if o.failure_rate_threshold is not None else math.inf
         )
-        self._slow = _secs(o.slow_call_duration) if o.slow_call_duration is not None else math.inf
+        self._slow = (
+            to_seconds("slow_call_duration", o.slow_call_duration)
+            if o.slow_call_duration is not None
+            else math.inf
+        )
         self._slow_threshold = o.slow_call_rate_threshold
         self._window: _CountWindow | _TimeWindow
         self.on_success: Callable[[int, float, float], _Transition | None]
         """The call admitted with ``permit`` returned normally after ``duration`` seconds."""
         if o.window_type is WindowType.COUNT:
-            size = int(_secs(o.window_size))
+            size = int(to_seconds("window_size", o.window_size))
             self._window = self._count_window = _CountWindow(size)
             self.on_success = self._on_success_count
             default_min = min(10, size)
         else:
-            self._window = _TimeWindow(_secs(o.window_size), now)
+            self._window = _TimeWindow(to_seconds("window_size", o.window_size), now)
             self.on_success = self._on_success
             default_min = 10
         self._min_calls = default_min if isinstance(o.minimum_calls, Unset) else o.minimum_calls
-        self._open_base = _secs(o.open_duration)
+        self._open_base = to_seconds("open_duration", o.open_duration)
         self._multiplier = float(o.open_duration_multiplier)
         self._max_open = (
             max(300.0, self._open_base)
             if isinstance(o.max_open_duration, Unset)
-            else _secs(o.max_open_duration)
+            else to_seconds("max_open_duration", o.max_open_duration)
         )
         self._probes = o.half_open_probes
-        self._max_wait = _secs(o.max_half_open_wait)
-        self._ignore = _exception_types("ignore", o.ignore)
+        self._max_wait = to_seconds("max_half_open_wait", o.max_half_open_wait)
+        self._ignore = _check_types("ignore", o.ignore)
         self._classifier = o.classifier or DEFAULT_CLASSIFIER
         self._lock = threading.Lock()
         self._state = _CLOSED
