@@ -27,6 +27,14 @@ from ._core.outcome import Classifier, Outcome
 from ._core.strategy import Pipeline, Strategy
 from .actuator import status
 from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
+from .circuit_breaker import (
+    CircuitBreaker,
+    CircuitBreakerOptions,
+    CircuitOpenError,
+    CircuitRejected,
+    CircuitState,
+    CircuitStateChanged,
+)
 from .fallback import Fallback, FallbackUsed
 from .idempotency import (
     Idempotency,
@@ -47,6 +55,12 @@ __all__ = [
     "Backoff",
     "BackoffKind",
     "CallRejected",
+    "CircuitBreaker",
+    "CircuitBreakerOptions",
+    "CircuitOpenError",
+    "CircuitRejected",
+    "CircuitState",
+    "CircuitStateChanged",
     "Classifier",
     "Clock",
     "Deadline",

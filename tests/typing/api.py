@@ -8,7 +8,17 @@ from typing import Any
 from typing_extensions import assert_type
 
 import resilience
-from resilience import Fallback, Idempotency, Pipeline, Retry, Timeout, deadline, remaining
+from resilience import (
+    CircuitBreaker,
+    CircuitState,
+    Fallback,
+    Idempotency,
+    Pipeline,
+    Retry,
+    Timeout,
+    deadline,
+    remaining,
+)
 from resilience.idempotency import MemoryStore
 
 
@@ -32,6 +42,19 @@ async def acharge(key: str, cents: int) -> int:
     return cents
 
 
+breaker = CircuitBreaker(failure_threshold=3, open_duration=30.0, name="db")
+
+
+@breaker
+async def breaker_async(x: int) -> bytes:
+    return bytes(x)
+
+
+@Pipeline(Retry(on=OSError), breaker)
+def breaker_sync(x: int) -> str:
+    return str(x)
+
+
 class Service:
     @Retry(on=OSError)
     def method(self, n: int) -> str:
@@ -41,6 +64,9 @@ class Service:
 async def acheck() -> None:
     assert_type(await async_fn(2), float)
     assert_type(await acharge("k", 1), int)
+    assert_type(await breaker_async(2), bytes)
+    async with breaker:
+        pass
 
 
 def check() -> None:
@@ -71,3 +97,7 @@ def check_core() -> None:
         assert_type(d.expired(), bool)
     with deadline(2.0):
         assert_type(remaining(), float | None)
+    assert_type(breaker_sync(1), str)
+    assert_type(breaker.state, CircuitState)
+    with breaker:
+        pass
