@@ -212,7 +212,7 @@ def test_bad_breaker_arguments() -> None:
         CircuitBreaker({"failure_threshold": 3})  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="clock must be a Clock"):
         CircuitBreaker(clock=object())  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="name must be a non-empty str"):
+    with pytest.raises(ValueError, match="name must be a non-empty str"):
         CircuitBreaker(name="")
 
 

@@ -124,7 +124,7 @@ def test_listener_errors_do_not_reach_pybreaker(clock: FakeClock) -> None:
 
 
 def test_validation() -> None:
-    with pytest.raises(TypeError, match="name must be a non-empty str"):
+    with pytest.raises(ValueError, match="name must be a non-empty str"):
         PybreakerListener(name="")
     with pytest.raises(TypeError, match="clock must be a Clock"):
         PybreakerListener(clock=object())  # type: ignore[arg-type]
