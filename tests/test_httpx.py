@@ -149,7 +149,7 @@ def attempts_of(events: CapturingListener) -> list[RequestAttempted]:
     return events.of_type(RequestAttempted)
 
 
-# -- errors before the request left: retried for every method ------------------------------------
+# -- errors before the request left: retried for every method -------------------------------------
 @pytest.mark.parametrize("method", ["GET", "POST"])
 def test_connection_refused_is_retried_for_every_method(
     make: Callable[..., Driver], events: CapturingListener, method: str
@@ -162,7 +162,7 @@ def test_connection_refused_is_retried_for_every_method(
     assert "gave up after 3 attempt(s)" in "".join(getattr(info.value, "__notes__", []))
 
 
-# -- statuses---------------------------------------------------------------------------------------
+# -- statuses -------------------------------------------------------------------------------------
 def test_retryable_status_then_success(make: Callable[..., Driver], server: FaultServer) -> None:
     server.script("/a", reply(503), reply(200, b"ok"))
     with no_wait():
@@ -202,7 +202,7 @@ def test_flapping_health(make: Callable[..., Driver], server: FaultServer) -> No
     assert len(server.hits("/flap")) == 20
 
 
-# -- errors after the request may have left---------------------------------------------------------
+# -- errors after the request may have left -------------------------------------------------------
 def test_post_without_key_is_not_retried_after_a_read_error(
     make: Callable[..., Driver], server: FaultServer
 ) -> None:
@@ -251,7 +251,7 @@ def test_add_idempotency_key_sends_the_same_key_on_every_attempt(
     assert "idempotency-key" not in server.hits("/list")[0].headers
 
 
-# -- response bodies: read inside the attempt, or handed over---------------------------------------
+# -- response bodies: read inside the attempt, or handed over -------------------------------------
 def test_reset_mid_body_is_retried_for_get(
     make: Callable[..., Driver], server: FaultServer
 ) -> None:
@@ -297,7 +297,7 @@ def test_responses_are_closed_so_the_pool_is_never_exhausted(
     assert len(server.hits("/down")) == 3000
 
 
-# -- Retry-After------------------------------------------------------------------------------------
+# -- Retry-After ----------------------------------------------------------------------------------
 def test_retry_after_seconds_replaces_the_backoff(
     make: Callable[..., Driver], server: FaultServer
 ) -> None:
@@ -337,7 +337,7 @@ def test_retry_after_past_the_deadline_gives_up(
     assert events.of_type(RetryGaveUp)[0].reason is GiveUpReason.DEADLINE
 
 
-# -- timeouts and deadlines-------------------------------------------------------------------------
+# -- timeouts and deadlines -----------------------------------------------------------------------
 def test_the_deadline_caps_the_timeouts_of_every_attempt(
     make: Callable[..., Driver], server: FaultServer
 ) -> None:
@@ -387,7 +387,7 @@ def test_attempt_timeout_does_not_retry_a_slow_post(
     assert len(server.hits("/slow")) == 1
 
 
-# -- request bodies---------------------------------------------------------------------------------
+# -- request bodies -------------------------------------------------------------------------------
 def test_a_streaming_body_is_not_re_sent(make: Callable[..., Driver], server: FaultServer) -> None:
     server.script("/up", reply(503), reply(200))
     d = make()
@@ -478,7 +478,7 @@ def test_a_seekable_file_body_is_re_sent_intact(server: FaultServer) -> None:
     assert [h.body for h in server.hits("/up")] == [payload, payload]
 
 
-# -- per-request overrides--------------------------------------------------------------------------
+# -- per-request overrides ------------------------------------------------------------------------
 def test_retry_can_be_switched_off_per_request(
     make: Callable[..., Driver], server: FaultServer
 ) -> None:
@@ -529,7 +529,7 @@ def test_bad_overrides_are_refused(value: Any, error: type[Exception], match: st
         client.get("http://example.test/", extensions={"resilience": value})
 
 
-# -- per-host strategies----------------------------------------------------------------------------
+# -- per-host strategies --------------------------------------------------------------------------
 @pytest.mark.parametrize("form", ["factory", "registry"])
 def test_one_bad_host_does_not_trip_calls_to_another(
     make: Callable[..., Driver], form: str
@@ -566,7 +566,7 @@ def test_user_strategies_run_around_every_attempt(
     assert trip.calls == 3
 
 
-# -- events and the resend count--------------------------------------------------------------------
+# -- events and the resend count ------------------------------------------------------------------
 def test_attempts_carry_the_resend_count_and_no_url(
     make: Callable[..., Driver], server: FaultServer, events: CapturingListener
 ) -> None:
@@ -593,7 +593,7 @@ def test_attempts_carry_the_resend_count_and_no_url(
     assert resend_count() is None
 
 
-# -- cancellation-----------------------------------------------------------------------------------
+# -- cancellation ---------------------------------------------------------------------------------
 async def test_a_cancelled_call_closes_the_response_it_held(server: FaultServer) -> None:
     server.script("/wait", reply(503, headers={"Retry-After": "30"}))
     transport = AsyncResilientTransport(
