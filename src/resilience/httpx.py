@@ -177,15 +177,27 @@ def _bufferable(response: httpx.Response, limit: int) -> bool:
     return length is not None and length.isdigit() and int(length) <= limit
 
 
-def _buffered(response: httpx.Response, raw: bytes, request: httpx.Request) -> httpx.Response:
-    # A fresh, unread response: the client reads and closes it as usual (and sets elapsed).
-    return httpx.Response(
-        response.status_code,
-        headers=response.headers,
-        stream=httpx.ByteStream(raw),
-        extensions=response.extensions,
-        request=request,
-    )
+def _buffer(response: httpx.Response) -> None:
+    """Read the raw body now, inside the attempt, and hand the response on with it in memory.
+
+    The response object itself is untouched (not read, not closed): the client reads and
+    closes it as usual, and decodes the body as usual.
+    """
+    stream: Any = response.stream
+    try:
+        raw = b"".join(stream)
+    finally:
+        stream.close()  # the connection goes back to the pool now
+    response.stream = httpx.ByteStream(raw)
+
+
+async def _abuffer(response: httpx.Response) -> None:
+    stream: Any = response.stream
+    try:
+        raw = b"".join([chunk async for chunk in stream])
+    finally:
+        await stream.aclose()
+    response.stream = httpx.ByteStream(raw)
 
 
 def _discard(response: httpx.Response) -> None:
@@ -412,12 +424,7 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
                 request.extensions = _capped(call, left)
             response = wrapped.handle_request(request)
             if limit and _bufferable(response, limit):
-                try:
-                    raw = b"".join(response.iter_raw())
-                except BaseException:
-                    response.close()
-                    raise
-                return _buffered(response, raw, request)
+                _buffer(response)
             return response
 
         self._send = send
@@ -522,12 +529,7 @@ class AsyncResilientTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
                 request.extensions = _capped(call, left)
             response = await wrapped.handle_async_request(request)
             if limit and _bufferable(response, limit):
-                try:
-                    raw = b"".join([chunk async for chunk in response.aiter_raw()])
-                except BaseException:  # the error ends the iterator: nothing left to finalise
-                    await response.aclose()
-                    raise
-                return _buffered(response, raw, request)
+                await _abuffer(response)
             return response
 
         self._send = send
