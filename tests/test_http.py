@@ -27,11 +27,13 @@ from resilience._http import (
     Engine,
     HostStrategies,
     HTTPOptions,
+    Overrides,
     Phase,
     host_key,
     parse_retry_after,
     status_outcome,
 )
+from resilience.testing import FakeClock, no_wait
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -227,21 +229,63 @@ def test_requests_errors_map_to_how_far_the_request_got() -> None:
     assert phase(requests.ConnectionError(u.ClosedPoolError(None, "closed"))) is None  # type: ignore[arg-type]
 
 
-def test_paths() -> None:
-    def engine(**kw: Any) -> Engine:
-        return Engine(
-            HTTPOptions(**kw),
-            phase=rhttpx._phase,
-            status_of=lambda r: 200,
-            header_of=lambda r, n: None,
-            describe=lambda r: ("GET", "h", 80),
-        )
+def _engine(**kw: Any) -> Engine:
+    return Engine(
+        HTTPOptions(**kw),
+        phase=rhttpx._phase,
+        status_of=lambda r: 200,
+        header_of=lambda r, n: None,
+        describe=lambda r: ("GET", "h", 80),
+    )
 
-    e = engine()
-    assert e.path(idempotent=True, replayable=True) == FULL
-    assert e.path(idempotent=False, replayable=True) == NOT_SENT_ONLY
-    assert e.path(idempotent=True, replayable=False) == NOT_SENT_ONLY
-    assert engine(attempts=1).path(idempotent=True, replayable=True) == NO_RETRY
+
+@pytest.mark.parametrize(
+    ("method", "headers", "replayable", "options", "overrides", "path"),
+    [
+        ("GET", {}, True, {}, None, FULL),
+        ("DELETE", {}, True, {}, None, FULL),
+        ("POST", {}, True, {}, None, NOT_SENT_ONLY),
+        ("PATCH", {}, True, {}, None, NOT_SENT_ONLY),
+        ("POST", {"idempotency-key": "k"}, True, {}, None, FULL),
+        ("POST", {}, True, {"add_idempotency_key": True}, None, FULL),
+        ("PUT", {}, False, {}, None, NOT_SENT_ONLY),  # a one-shot body is never re-sent
+        ("POST", {"idempotency-key": "k"}, False, {}, None, NOT_SENT_ONLY),
+        ("GET", {}, True, {"attempts": 1}, None, NO_RETRY),
+        ("GET", {}, True, {}, Overrides(retry=False), NO_RETRY),
+        ("POST", {}, True, {}, Overrides(idempotent=True), FULL),
+        ("GET", {}, True, {}, Overrides(idempotent=False), NOT_SENT_ONLY),
+        ("POST", {}, True, {}, Overrides(idempotency_key=True), FULL),
+        (
+            "POST",
+            {},
+            True,
+            {"add_idempotency_key": True},
+            Overrides(idempotency_key=False),
+            NOT_SENT_ONLY,
+        ),
+    ],
+)
+def test_the_path_a_request_takes(
+    method: str,
+    headers: dict[str, str],
+    replayable: bool,
+    options: dict[str, Any],
+    overrides: Overrides | None,
+    path: int,
+) -> None:
+    h = httpx.Headers(headers)
+    assert _engine(**options).plan(method, h, replayable, overrides) == path
+
+
+def test_a_key_is_added_only_where_it_is_needed() -> None:
+    e = _engine(add_idempotency_key=True)
+    get, post, keyed = httpx.Headers(), httpx.Headers(), httpx.Headers({"Idempotency-Key": "mine"})
+    e.plan("GET", get, True)
+    e.plan("POST", post, True)
+    e.plan("POST", keyed, True)
+    assert "idempotency-key" not in get
+    assert len(post["idempotency-key"]) == 36
+    assert keyed["idempotency-key"] == "mine"
 
 
 # -- per-host strategies ---------------------------------------------------------------------------
@@ -314,3 +358,45 @@ def test_the_engine_uses_the_core_retry() -> None:
     t = rhttpx.ResilientTransport(httpx.MockTransport(lambda r: httpx.Response(200)), attempts=4)
     assert isinstance(t._engine._full, Retry)
     assert t._engine._full.attempts_limit == 4
+
+
+# -- options at work (httpx.MockTransport) ----------------------------------------------------
+def _client(handler: Any, **options: Any) -> httpx.Client:
+    return httpx.Client(
+        transport=rhttpx.ResilientTransport(httpx.MockTransport(handler), **options)
+    )
+
+
+def test_retry_after_can_be_ignored() -> None:
+    clock = FakeClock()
+    answers = iter([httpx.Response(503, headers={"Retry-After": "30"}), httpx.Response(200)])
+    with _client(
+        lambda r: next(answers),
+        respect_retry_after=False,
+        backoff=Backoff.constant(0.25),
+        clock=clock,
+    ) as client:
+        assert client.get("http://api.test/").status_code == 200
+    assert clock.sleeps == [0.25]
+
+
+def test_custom_methods_and_statuses() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        if len(seen) == 1:
+            raise httpx.ReadError("reset", request=request)
+        return httpx.Response(500 if len(seen) == 2 else 200)
+
+    with no_wait(), _client(handler, idempotent_methods={"POST"}, retry_statuses={500}) as c:
+        assert c.post("http://api.test/").status_code == 200
+    assert seen == ["POST", "POST", "POST"]
+    seen.clear()
+    with (
+        no_wait(),
+        _client(handler, idempotent_methods={"POST"}) as c,
+        pytest.raises(httpx.ReadError),
+    ):
+        c.get("http://api.test/")  # GET is not idempotent here
+    assert seen == ["GET"]

@@ -356,6 +356,16 @@ def test_the_deadline_caps_the_timeouts_of_every_attempt(
     assert r.request.extensions["timeout"]["connect"] == 30.0
 
 
+def test_total_timeout_is_the_deadline_of_the_attempts(
+    make: Callable[..., Driver], server: FaultServer
+) -> None:
+    clock = FakeClock()
+    server.script("/t", reply(503), reply(200))
+    d = make(clock=clock, backoff=Backoff.constant(0.25), total_timeout=1.0, timeout=30.0)
+    assert d.request("GET", server.url("/t")).status_code == 200
+    assert [s["timeout"]["read"] for s in d.seen] == [1.0, 0.75]
+
+
 def test_no_request_is_sent_once_the_deadline_has_passed(
     make: Callable[..., Driver], server: FaultServer
 ) -> None:
@@ -467,6 +477,19 @@ def test_a_bytes_body_is_re_sent_intact(make: Callable[..., Driver], server: Fau
     with no_wait():
         assert make().request("PUT", server.url("/up"), content=payload).status_code == 200
     assert [h.body for h in server.hits("/up")] == [payload] * 3
+
+
+def test_a_multipart_body_is_re_sent_intact(
+    make: Callable[..., Driver], server: FaultServer
+) -> None:
+    server.script("/form", reply(503), reply(200))
+    file = io.BytesIO(b"report contents")
+    with no_wait():
+        r = make().request("PUT", server.url("/form"), data={"a": "1"}, files={"f": file})
+    assert r.status_code == 200
+    first, second = (h.body for h in server.hits("/form"))
+    assert first == second
+    assert b"report contents" in first
 
 
 def test_a_seekable_file_body_is_re_sent_intact(server: FaultServer) -> None:
@@ -594,18 +617,20 @@ def test_attempts_carry_the_resend_count_and_no_url(
 
 
 # -- cancellation ---------------------------------------------------------------------------------
-async def test_a_cancelled_call_closes_the_response_it_held(server: FaultServer) -> None:
+async def test_a_cancelled_call_closes_the_response_it_held(
+    server: FaultServer, events: CapturingListener
+) -> None:
     server.script("/wait", reply(503, headers={"Retry-After": "30"}))
     transport = AsyncResilientTransport(
         httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1)), buffer_limit=0
     )
     async with httpx.AsyncClient(transport=transport, timeout=httpx.Timeout(5.0, pool=1.0)) as c:
         task = asyncio.create_task(c.get(server.url("/wait")))
-        for _ in range(500):
-            if server.hits("/wait"):
+        for _ in range(500):  # until the retry sleeps on Retry-After, holding the 503
+            if events.of_type(RetryScheduled):
                 break
             await asyncio.sleep(0.01)
-        await asyncio.sleep(0.05)
+        assert events.of_type(RetryScheduled)[0].delay == 30.0
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

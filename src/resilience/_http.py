@@ -24,7 +24,7 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from collections.abc import Set as AbstractSet
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
@@ -579,8 +579,39 @@ class Engine:
         return f"Engine(name={self.name!r}, options={self.options!r})"
 
     # -- decisions ---------------------------------------------------------------------------------
+    def plan(
+        self,
+        method: str,
+        headers: MutableMapping[str, str],
+        replayable: bool,
+        overrides: Overrides | None = None,
+    ) -> int:
+        """Which path a request takes; adds an idempotency key to ``headers`` if configured.
+
+        ``headers`` is the request's own case-insensitive header mapping.
+        """
+        opts = self.options
+        idempotent = method in opts.idempotent_methods
+        if not idempotent:
+            header = opts.idempotency_header
+            if header in headers:
+                idempotent = True
+            else:
+                add = opts.add_idempotency_key
+                if overrides is not None and overrides.idempotency_key is not None:
+                    add = overrides.idempotency_key
+                if add:
+                    headers[header] = self.new_key()  # once per request: every attempt sends it
+                    idempotent = True
+        if overrides is not None:
+            if overrides.retry is False:
+                return NO_RETRY
+            if overrides.idempotent is not None:
+                idempotent = overrides.idempotent
+        return self.path(idempotent, replayable)
+
     def path(self, idempotent: bool, replayable: bool) -> int:
-        """Which path a request takes: retry everything, only errors before sending, or none."""
+        """Retry everything, only errors before sending, or send once."""
         if self.options.attempts == 1:
             return NO_RETRY
         return FULL if idempotent and replayable else NOT_SENT_ONLY

@@ -33,7 +33,6 @@ from ._http import (
     DEFAULT_RETRY_STATUSES,
     DRAIN_LIMIT,
     IDEMPOTENT_METHODS,
-    NO_RETRY,
     Body,
     BodyNotReplayableError,
     Call,
@@ -292,30 +291,15 @@ class _Transport(Generic[T]):
         )
 
     def _plan(self, request: httpx.Request) -> tuple[int, Call]:
-        engine = self._engine
-        opts = engine.options
         ext = request.extensions
         raw = ext.get("resilience")
-        over = None if raw is None else Overrides.parse(raw)
-        method = request.method
-        idempotent = method in opts.idempotent_methods
-        if not idempotent:
-            header = opts.idempotency_header
-            add = opts.add_idempotency_key
-            if over is not None and over.idempotency_key is not None:
-                add = over.idempotency_key
-            if header in request.headers:
-                idempotent = True
-            elif add:
-                request.headers[header] = engine.new_key()
-                idempotent = True
-        if over is not None and over.idempotent is not None:
-            idempotent = over.idempotent
         body = _body(request)
-        if over is not None and over.retry is False:
-            path = NO_RETRY
-        else:
-            path = engine.path(idempotent, not isinstance(body, StreamBody))
+        path = self._engine.plan(
+            request.method,
+            request.headers,
+            not isinstance(body, StreamBody),
+            None if raw is None else Overrides.parse(raw),
+        )
         return path, Call(body, None, ext)
 
     def _host_key(self, request: httpx.Request) -> str:

@@ -325,18 +325,10 @@ class ResilientAdapter(HTTPAdapter):
     ) -> requests.Response:
         """Send ``request`` through the policy; the arguments are those of ``HTTPAdapter``."""
         engine = self._engine
-        opts = engine.options
-        method = request.method or "GET"
-        idempotent = method in opts.idempotent_methods
-        if not idempotent:
-            header = opts.idempotency_header
-            if header in request.headers:
-                idempotent = True
-            elif opts.add_idempotency_key:
-                request.headers[header] = engine.new_key()
-                idempotent = True
         body = _body(request)
-        path = engine.path(idempotent, not isinstance(body, StreamBody))
+        path = engine.plan(
+            request.method or "GET", request.headers, not isinstance(body, StreamBody)
+        )
         call = Call(body, None, (stream, timeout, verify, cert, proxies))
         hosts = engine.hosts
         if hosts is not None:
