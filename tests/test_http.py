@@ -142,8 +142,10 @@ def test_bad_structure_arguments_are_refused() -> None:
         rhttpx.ResilientTransport(mock, strategies=[object()])  # type: ignore[list-item]
     with pytest.raises(TypeError, match="per_host must be a factory"):
         rhttpx.ResilientTransport(mock, per_host=42)
-    with pytest.raises(ValueError, match="max_hosts must be >= 1"):
+    with pytest.raises(ValueError, match="max_hosts must be >= 1, got 0"):
         rhttpx.ResilientTransport(mock, per_host=lambda k: TripAfter(1), max_hosts=0)
+    with pytest.raises(ValueError, match="max_hosts must be >= 1, got -1"):
+        rhttpx.ResilientTransport(mock, max_hosts=-1)
     with pytest.raises(TypeError, match="options must be an HTTPOptions"):
         rhttpx.ResilientTransport(mock, options={"attempts": 2})  # type: ignore[arg-type]
 

@@ -534,6 +534,7 @@ class Engine:
         for i, s in enumerate(self.strategies):
             if not isinstance(s, Strategy):
                 raise TypeError(f"strategies[{i}] must be a Strategy, got {s!r}")
+        max_hosts = to_int("max_hosts", max_hosts, minimum=1)
         self.options = options
         self.name = name
         self.clock = clock or SYSTEM_CLOCK
@@ -641,7 +642,7 @@ class Engine:
             )
         )
 
-    def _refuse(self, call: Call) -> BodyNotReplayableError:
+    def _refuse(self) -> BodyNotReplayableError:
         return BodyNotReplayableError(
             f"{self.name}: not retried: the request body is a stream that was already read "
             "and cannot be sent again",
@@ -713,7 +714,7 @@ class Engine:
                     discard(previous)
                 body = call.body
                 if body is not None and not body.rewind():
-                    raise engine._refuse(call) from call.error
+                    raise engine._refuse() from call.error
             n = call.attempt = call.attempt + 1
             token = _ATTEMPT.set(n)
             dl = tighten(attempt_timeout, clock)[1] if attempt_timeout is not None else None
@@ -754,7 +755,7 @@ class Engine:
                     await discard(previous)
                 body = call.body
                 if body is not None and not body.rewind():
-                    raise engine._refuse(call) from call.error
+                    raise engine._refuse() from call.error
             n = call.attempt = call.attempt + 1
             token = _ATTEMPT.set(n)
             dl = tighten(attempt_timeout, clock)[1] if attempt_timeout is not None else None
