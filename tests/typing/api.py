@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import httpx
+import requests
 from typing_extensions import assert_type
 
 import resilience
@@ -19,7 +21,9 @@ from resilience import (
     deadline,
     remaining,
 )
+from resilience.httpx import AsyncResilientTransport, HTTPOptions, ResilientTransport
 from resilience.idempotency import MemoryStore
+from resilience.requests import ResilientAdapter, resend_count
 
 
 @Retry(on=OSError)
@@ -101,3 +105,13 @@ def check_core() -> None:
     assert_type(breaker.state, CircuitState)
     with breaker:
         pass
+
+
+def check_http() -> None:
+    options = HTTPOptions(attempts=2, retry_statuses={503})
+    sync: httpx.BaseTransport = ResilientTransport(httpx.HTTPTransport(), options=options)
+    asyn: httpx.AsyncBaseTransport = AsyncResilientTransport(add_idempotency_key=True)
+    assert_type(ResilientTransport(attempt_timeout=1.5).options, HTTPOptions)
+    adapter: requests.adapters.HTTPAdapter = ResilientAdapter(pool_maxsize=4, attempts=3)
+    assert_type(resend_count(), int | None)
+    del sync, asyn, adapter
