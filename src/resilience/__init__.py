@@ -26,7 +26,10 @@ from ._core.events import (
 from ._core.outcome import Classifier, Outcome
 from ._core.strategy import Pipeline, Strategy
 from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
+from .bulkhead import Bulkhead, BulkheadFullError, BulkheadRejected, BulkheadWaited
 from .fallback import Fallback, FallbackUsed
+from .keyed import Keyed
+from .rate_limit import RateLimited, RateLimitedError, RateLimiter, RateLimitWaited
 from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
 from .timeout import TimedOut, Timeout, TimeoutMode
 
@@ -37,6 +40,10 @@ __all__ = [
     "AttemptInfo",
     "Backoff",
     "BackoffKind",
+    "Bulkhead",
+    "BulkheadFullError",
+    "BulkheadRejected",
+    "BulkheadWaited",
     "CallRejected",
     "Classifier",
     "Clock",
@@ -47,9 +54,14 @@ __all__ = [
     "FallbackUsed",
     "GiveUpReason",
     "Jitter",
+    "Keyed",
     "Listener",
     "Outcome",
     "Pipeline",
+    "RateLimitWaited",
+    "RateLimited",
+    "RateLimitedError",
+    "RateLimiter",
     "RejectedError",
     "ResilienceError",
     "Retry",
