@@ -90,11 +90,11 @@ class TaskWaiter(Waiter):
         self.future = self.loop.create_future()
 
     def wake(self) -> bool:
-        if threading.get_ident() == self.thread:
-            _resolve(self)
-            return True
         try:
-            self.loop.call_soon_threadsafe(_resolve, self)
+            if threading.get_ident() == self.thread:
+                _resolve(self)
+            else:
+                self.loop.call_soon_threadsafe(_resolve, self)
         except RuntimeError:  # the loop is closed: the task will never resume
             return False
         return True
