@@ -6,9 +6,9 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import settings
@@ -31,6 +31,8 @@ from resilience._core.waiters import Waiter
 from resilience.bulkhead import _Permits
 from resilience.testing import CapturingListener, FakeClock
 
+T = TypeVar("T")
+
 SNAPSHOT_KEYS = {"kind", "name", "max_concurrent", "max_queued", "in_flight", "queued", "rejected"}
 
 
@@ -41,6 +43,11 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 2.0) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not reached in time")
         time.sleep(0.001)
+
+
+async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
+    """Await with a real-time bound, so that a lost permit fails the test instead of hanging."""
+    return await asyncio.wait_for(awaitable, seconds)
 
 
 async def settle(condition: Callable[[], bool], *, rounds: int = 100) -> None:
@@ -306,7 +313,7 @@ async def test_async_queue_is_first_come_first_served(clock: FakeClock) -> None:
     async with b:
         tasks = [asyncio.create_task(work(i)) for i in range(5)]
         await settle(lambda: b.queued == 5)
-    assert await asyncio.gather(*tasks) == [0, 1, 2, 3, 4]
+    assert await within(asyncio.gather(*tasks)) == [0, 1, 2, 3, 4]
     assert order == [0, 1, 2, 3, 4]
     assert (b.in_flight, b.queued) == (0, 0)
 
@@ -350,7 +357,7 @@ async def test_cancelled_while_queued_takes_no_permit(clock: FakeClock) -> None:
         await settle(lambda: b.queued == 2)
         first.cancel()
         await settle(lambda: b.queued == 1)
-    await second
+    await within(second)
     with pytest.raises(asyncio.CancelledError):
         await first
     assert ran == ["second"]
@@ -372,7 +379,7 @@ async def test_cancelled_after_the_permit_was_handed_over_passes_it_on() -> None
     # The block's exit handed the permit to `first`, which has not resumed yet.
     assert (b.in_flight, b.queued) == (1, 1)
     first.cancel()
-    await second
+    await within(second)
     with pytest.raises(asyncio.CancelledError):
         await first
     assert ran == ["second"]
@@ -752,7 +759,9 @@ async def test_1000_tasks_with_failures_and_cancellations_leave_nothing_behind()
 
     tasks = {i: asyncio.create_task(caller(i)) for i in range(1000)}
     cancelled_queued = cancelled_running = 0
+    give_up = time.monotonic() + 10
     while not all(t.done() for t in tasks.values()):
+        assert time.monotonic() < give_up, "calls still pending: a permit was lost"
         await asyncio.sleep(0.0005)
         alive = [i for i, t in tasks.items() if not t.done()]
         # Taking a permit or being rejected never suspends: a task that arrived, is not
@@ -822,7 +831,7 @@ async def test_threads_and_tasks_sharing_one_bulkhead_leave_nothing_behind() -> 
     threads = [threading.Thread(target=thread_main) for _ in range(8)]
     for t in threads:
         t.start()
-    await asyncio.gather(*(async_work() for _ in range(100)))
+    await within(asyncio.gather(*(async_work() for _ in range(100))))
     for t in threads:
         await asyncio.to_thread(t.join, 10)
     assert (b.in_flight, b.queued, b.snapshot()["rejected"]) == (0, 0, 0)

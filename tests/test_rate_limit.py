@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import given, settings
@@ -25,6 +25,8 @@ from resilience import (
 )
 from resilience._core.waiters import Waiter
 from resilience.testing import CapturingListener, FakeClock
+
+T = TypeVar("T")
 
 SNAPSHOT_KEYS = {"kind", "name", "rate", "period", "burst", "available", "rejected"}
 
@@ -65,6 +67,11 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 2.0) -> None:
         if time.monotonic() > end:
             raise AssertionError("condition not reached in time")
         time.sleep(0.001)
+
+
+async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
+    """Await with a real-time bound, so that a stuck line fails the test instead of hanging."""
+    return await asyncio.wait_for(awaitable, seconds)
 
 
 async def settle(condition: Callable[[], bool], *, rounds: int = 100) -> None:
@@ -337,7 +344,7 @@ async def test_async_callers_wait_first_come_first_served(clock: FakeClock) -> N
     async def call(i: int) -> None:
         admitted.append((i, round(clock.now(), 9)))
 
-    await asyncio.gather(*(call(i) for i in range(6)))
+    await within(asyncio.gather(*(call(i) for i in range(6))))
     assert admitted == [(0, 0.0), (1, 0.0), (2, 0.1), (3, 0.2), (4, 0.3), (5, 0.4)]
     assert line(limiter) == 0
 
@@ -385,7 +392,7 @@ async def test_cancelling_the_sleeping_head_hands_its_turn_on() -> None:
     await settle(lambda: clock.sleeps == [1.0, 1.0])
     assert line(limiter) == 1
     clock.advance(1.0)
-    await c
+    await within(c)
     assert admitted == [("a", 0.0), ("c", 1.0)], "c gets the slot b gave up"
     assert limiter.available == 0.0
     clock.advance(1.0)
@@ -409,10 +416,10 @@ async def test_cancelling_a_parked_waiter_consumes_nothing() -> None:
         await tasks["c"]
     assert line(limiter) == 2
     clock.advance(1.0)
-    await tasks["b"]
+    await within(tasks["b"])
     await settle(lambda: len(clock.sleeps) == 2)
     clock.advance(1.0)
-    await tasks["d"]
+    await within(tasks["d"])
     assert admitted == [("a", 0.0), ("b", 1.0), ("d", 2.0)]
     assert line(limiter) == 0
     assert clock.pending_timers == 0
@@ -449,7 +456,7 @@ async def test_a_parked_waiter_times_out_without_consuming() -> None:
     assert info.value.retry_after == 20.0
     assert line(limiter) == 1
     clock.advance(10.0)
-    await head
+    await within(head)
     assert line(limiter) == 0
 
 
@@ -522,7 +529,7 @@ async def test_an_async_waiter_delayed_past_max_wait_gives_up() -> None:
     parked = asyncio.create_task(limiter.aacquire())
     await settle(lambda: line(limiter) == 2)
     clock.advance(3.0)  # parked's give-up timer fires at t=2, before the head gets in
-    await head
+    await within(head)
     with pytest.raises(RateLimitedError) as info:
         await parked
     assert info.value.retry_after == 1.0
@@ -655,7 +662,7 @@ async def test_threads_and_tasks_share_one_limiter() -> None:
     threads = [threading.Thread(target=thread_main) for _ in range(4)]
     for t in threads:
         t.start()
-    await asyncio.gather(*(task_main() for _ in range(60)))
+    await within(asyncio.gather(*(task_main() for _ in range(60))))
     for t in threads:
         await asyncio.to_thread(t.join, 10)
     assert admitted.count("thread") == 40
@@ -676,7 +683,7 @@ async def test_many_cancelled_waiters_leave_no_trace() -> None:
     await asyncio.sleep(0)
     for i in range(1, 300, 3):
         tasks[i].cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await within(asyncio.gather(*tasks, return_exceptions=True))
     cancelled = {i for i, r in enumerate(results) if isinstance(r, asyncio.CancelledError)}
     assert cancelled == set(range(1, 300, 3))
     assert sorted(admitted) == [i for i in range(300) if i not in cancelled]

@@ -189,8 +189,10 @@ class Keyed(Strategy, Generic[S]):
         with self._lock:
             entry.active -= 1
             entry.used = now
+            if len(self._entries) > self._max_keys:  # grown past the bound by pinned keys
+                self._prune(now, keep=None)
 
-    def _prune(self, now: float, *, keep: _Entry) -> None:
+    def _prune(self, now: float, *, keep: _Entry | None) -> None:
         """Drop idle keys, then the least recently used ones beyond ``max_keys``.
 
         The lock is held. Entries with calls in flight are kept (and count as used now):
