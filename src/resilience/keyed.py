@@ -36,12 +36,14 @@ S = TypeVar("S", bound=Strategy)
 class _Entry:
     """One key's strategy, its per-call-site closures and its use."""
 
-    __slots__ = ("active", "strategy", "used", "wrappers")
+    __slots__ = ("calls", "strategy", "used", "wrappers")
 
     def __init__(self, strategy: Strategy, now: float) -> None:
         self.strategy = strategy
         self.wrappers: dict[int, Any] = {}
-        self.active = 0
+        # One item per call in flight. Appended under the registry lock; popped without
+        # it (list.pop is atomic), so finishing a call costs no lock.
+        self.calls: list[None] = []
         self.used = now
 
 
@@ -159,18 +161,18 @@ class Keyed(Strategy, Generic[S]):
         entries = self._entries
         with self._lock:
             entry = entries.get(key)
-            if entry is not None and (idle is None or entry.active or now - entry.used < idle):
+            if entry is not None and (idle is None or entry.calls or now - entry.used < idle):
                 entries.move_to_end(key)
                 entry.used = now
                 if pin:
-                    entry.active += 1
+                    entry.calls.append(None)
                 return entry
         # A miss (or an idle entry to replace): make the strategy outside the lock, since
         # the factory is user code; a concurrent maker of the same key wins the race.
         made = self._make(key)
         with self._lock:
             entry = entries.get(key)
-            if entry is not None and (idle is None or entry.active or now - entry.used < idle):
+            if entry is not None and (idle is None or entry.calls or now - entry.used < idle):
                 entries.move_to_end(key)
             else:
                 if entry is not None:  # expired while idle: forget it
@@ -181,15 +183,15 @@ class Keyed(Strategy, Generic[S]):
                 self._prune(now, keep=entry)
             entry.used = now
             if pin:
-                entry.active += 1
+                entry.calls.append(None)
             return entry
 
     def _checkin(self, entry: _Entry) -> None:
         now = self._clock.now() if self._idle is not None else 0.0
-        with self._lock:
-            entry.active -= 1
-            entry.used = now
-            if len(self._entries) > self._max_keys:  # grown past the bound by pinned keys
+        entry.used = now
+        entry.calls.pop()
+        if len(self._entries) > self._max_keys:  # grown past the bound by pinned keys
+            with self._lock:
                 self._prune(now, keep=None)
 
     def _prune(self, now: float, *, keep: _Entry | None) -> None:
@@ -206,7 +208,7 @@ class Keyed(Strategy, Generic[S]):
                 k, e = next(iter(entries.items()))
                 if now - e.used < idle:
                     break
-                if e.active:
+                if e.calls:
                     e.used = now
                     entries.move_to_end(k)
                     continue
@@ -216,7 +218,7 @@ class Keyed(Strategy, Generic[S]):
             if len(entries) <= self._max_keys:
                 break
             k, e = next(iter(entries.items()))
-            if e.active or e is keep:
+            if e.calls or e is keep:
                 e.used = now
                 entries.move_to_end(k)
                 continue
