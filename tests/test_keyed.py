@@ -105,6 +105,8 @@ def test_exported_and_repr() -> None:
     keyed = Keyed(Counting, max_keys=8, idle_expiry=None, name="per_host")
     assert repr(keyed).endswith("max_keys=8, idle_expiry=None, name='per_host')")
     assert (keyed.max_keys, keyed.idle_expiry) == (8, None)
+    assert len(keyed) == 0
+    assert keyed, "an empty registry is still a strategy"
 
 
 # -- the registry -----------------------------------------------------------------------------

@@ -370,6 +370,19 @@ def test_with_block_takes_a_permit(clock: FakeClock) -> None:
         pass  # pragma: no cover
 
 
+def test_no_wait_skips_the_sleep_but_keeps_the_accounting() -> None:
+    from resilience.testing import no_wait
+
+    limiter = RateLimiter(1, period=3600.0, max_wait=None)  # the system clock
+    with no_wait():
+        limiter.acquire()
+        limiter.acquire()  # would sleep an hour: the sleep is skipped, the permit is taken
+        limiter.acquire()
+    assert limiter.available == 0.0
+    assert not limiter.try_acquire(), "the permits of the skipped hours were spent"
+    assert line(limiter) == 0
+
+
 # -- cancellation: a waiter never consumes a permit -----------------------------------------------
 
 

@@ -129,6 +129,10 @@ class Keyed(Strategy, Generic[S]):
         """The number of keys held now."""
         return len(self._entries)
 
+    def __bool__(self) -> bool:
+        # A strategy is always truthy, even with no key held yet (``__len__`` is 0).
+        return True
+
     @property
     def max_keys(self) -> int:
         """The most keys kept."""

@@ -95,11 +95,16 @@ class _Gcra:
         """``units`` as seconds, rounded up to a whole microsecond (never short)."""
         return -(-units // self.rate) / _US
 
-    def take(self, now: int) -> int:
-        """Admit a call at ``now`` (answer 0) or answer the units until it could be."""
+    def take(self, now: int, *, force: bool = False) -> int:
+        """Admit a call at ``now`` (answer 0) or answer the units until it could be.
+
+        ``force`` admits the head of the line after it slept the wait it was given:
+        nobody else can take a permit meanwhile, so the permit is its own even if the
+        clock came back a hair early (or not at all, under ``testing.no_wait()``).
+        """
         tat = self.tat if self.tat > now else now
         wait = tat - self.tolerance - now
-        if wait > 0:
+        if wait > 0 and not force:
             return wait
         self.tat = tat + self.interval
         return 0
@@ -113,7 +118,8 @@ class _Gcra:
     def available(self, now: int) -> float:
         """Permits that could be taken at once now; fractional while one refills."""
         used = self.tat - now if self.tat > now else 0
-        return (self.tolerance + self.interval - used) / self.interval
+        free = self.tolerance + self.interval - used
+        return free / self.interval if free > 0 else 0.0
 
     def line_up(self, waiter: Waiter) -> None:
         """Join the line; the first in line is at once its head."""
@@ -329,6 +335,32 @@ class RateLimiter(Strategy):
             why = f"no permit within {budget:.6f} s"
         return self._rejected(scope, retry_after, why)
 
+    def _step(
+        self, scope: Scope, waiter: Waiter, give_up: float | None, start: float, slept: bool
+    ) -> float | None:
+        """The next step of a caller in line: ``None`` once admitted, else seconds to sleep.
+
+        Raises :class:`RateLimitedError` (after leaving the line) when the permit would
+        come after ``give_up``.
+        """
+        g = self._gcra
+        clock = self._clock
+        with g.lock:
+            now = clock.now()
+            if waiter.granted:  # the head of the line
+                wait = g.take(g.units(now), force=slept)
+                if wait == 0:
+                    _wake(g, g.leave(waiter))
+                    return None
+                seconds = g.seconds(wait)
+                if give_up is None or now + seconds <= give_up:
+                    return seconds
+            else:  # its time ran out before it reached the head
+                seconds = g.seconds(g.delay(g.units(now), g.waiters.index(waiter)))
+            g.rejected += 1
+            _wake(g, g.leave(waiter))
+        raise self._rejected(scope, max(seconds, 1e-6), f"no permit within {now - start:.6f} s")
+
     # -- sync driver ------------------------------------------------------------------------
     def _acquire_sync(self, scope: Scope) -> None:
         g = self._gcra
@@ -354,28 +386,10 @@ class RateLimiter(Strategy):
         try:
             if not waiter.granted:
                 self._wait_turn_sync(waiter, give_up)
-            while True:  # the head of the line: sleep until the limiter can admit it
-                with g.lock:
-                    if waiter.granted:
-                        now = clock.now()
-                        wait = g.take(g.units(now))
-                        if wait == 0:
-                            _wake(g, g.leave(waiter))
-                            break
-                        seconds = g.seconds(wait)
-                        late = give_up is not None and now + seconds > give_up
-                    else:  # timed out before reaching the head
-                        now = clock.now()
-                        seconds = g.seconds(g.delay(g.units(now), g.waiters.index(waiter)))
-                        late = True
-                    if late:
-                        g.rejected += 1
-                        _wake(g, g.leave(waiter))
-                if late:
-                    raise self._rejected(
-                        scope, max(seconds, 1e-6), f"no permit within {now - start:.6f} s"
-                    )
-                clock.sleep(seconds)
+            slept = False
+            while (seconds := self._step(scope, waiter, give_up, start, slept)) is not None:
+                clock.sleep(seconds)  # at the head of the line, until it is due
+                slept = True
         except BaseException as exc:
             if not isinstance(exc, RateLimitedError):
                 self._leave(waiter)
@@ -450,28 +464,10 @@ class RateLimiter(Strategy):
         try:
             if not waiter.granted:
                 await self._wait_turn_async(waiter, give_up)
-            while True:  # the head of the line: sleep until the limiter can admit it
-                with g.lock:
-                    if waiter.granted:
-                        now = clock.now()
-                        wait = g.take(g.units(now))
-                        if wait == 0:
-                            _wake(g, g.leave(waiter))
-                            break
-                        seconds = g.seconds(wait)
-                        late = give_up is not None and now + seconds > give_up
-                    else:  # timed out before reaching the head
-                        now = clock.now()
-                        seconds = g.seconds(g.delay(g.units(now), g.waiters.index(waiter)))
-                        late = True
-                    if late:
-                        g.rejected += 1
-                        _wake(g, g.leave(waiter))
-                if late:
-                    raise self._rejected(
-                        scope, max(seconds, 1e-6), f"no permit within {now - start:.6f} s"
-                    )
-                await clock.asleep(seconds)
+            slept = False
+            while (seconds := self._step(scope, waiter, give_up, start, slept)) is not None:
+                await clock.asleep(seconds)  # at the head of the line, until it is due
+                slept = True
         except BaseException as exc:
             # Cancelled while waiting: leave the line; no permit was taken.
             if not isinstance(exc, RateLimitedError):
