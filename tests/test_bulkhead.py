@@ -460,6 +460,40 @@ async def test_a_task_releasing_wakes_a_queued_thread() -> None:
     assert (b.in_flight, b.queued) == (0, 0)
 
 
+def test_tasks_of_two_event_loops_share_one_bulkhead() -> None:
+    b = Bulkhead(2, max_queued=100)
+    guard = threading.Lock()
+    running = 0
+    peak = 0
+    done: list[int] = []
+
+    @b
+    async def work(i: int) -> None:
+        nonlocal running, peak
+        with guard:
+            running += 1
+            peak = max(peak, running)
+        await asyncio.sleep(0.001)
+        with guard:
+            running -= 1
+            done.append(i)
+
+    def loop_main(offset: int) -> None:
+        async def main() -> None:
+            await asyncio.wait_for(asyncio.gather(*(work(offset + i) for i in range(30))), 10)
+
+        asyncio.run(main())
+
+    threads = [threading.Thread(target=loop_main, args=(n * 100,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert sorted(done) == [*range(30), *range(100, 130)]
+    assert peak == 2
+    assert (b.in_flight, b.queued, b.snapshot()["rejected"]) == (0, 0, 0)
+
+
 def test_a_waiter_whose_loop_closed_passes_the_permit_on() -> None:
     b = Bulkhead(1, max_queued=2)
     loop = asyncio.new_event_loop()
