@@ -606,6 +606,17 @@ def test_a_sync_waiter_parked_behind_a_stuck_head_gives_up_in_time(clock: FakeCl
     assert line(limiter) == 1
 
 
+def test_no_time_left_and_callers_in_line_means_rejected_not_queued(clock: FakeClock) -> None:
+    limiter = RateLimiter(1, burst=3, max_wait=None, clock=clock)
+    _stick_a_head(limiter)  # a permit is free, but it belongs to the caller in line
+    with deadline(1.0, clock=clock):
+        clock.advance(1.0)
+        with pytest.raises(RateLimitedError, match="deadline leaves no time") as info:
+            limiter.acquire()
+    assert info.value.retry_after == 1e-6
+    assert line(limiter) == 1
+
+
 def test_new_callers_never_jump_the_line() -> None:
     clock = ManualClock()
     limiter = RateLimiter(1, period=1.0, max_wait=None, clock=clock)

@@ -315,9 +315,10 @@ class RateLimiter(Strategy):
         if wait == 0 and ahead == 0:
             return None
         seconds = g.seconds(wait)
-        if budget is not None and seconds > budget:
+        if budget is not None and (seconds > budget or budget == 0.0):
             g.rejected += 1
-            return seconds
+            # With callers in line, a permit free right now is theirs: come back shortly.
+            return seconds if seconds > 0.0 else 1e-6
         g.line_up(waiter)
         return 0.0
 
