@@ -11,11 +11,16 @@ from typing_extensions import assert_type
 
 import resilience
 from resilience import (
+    Bulkhead,
+    BulkheadFullError,
     CircuitBreaker,
     CircuitState,
     Fallback,
     Idempotency,
+    Keyed,
     Pipeline,
+    RateLimitedError,
+    RateLimiter,
     Retry,
     Timeout,
     deadline,
@@ -115,3 +120,45 @@ def check_http() -> None:
     adapter: requests.adapters.HTTPAdapter = ResilientAdapter(pool_maxsize=4, attempts=3)
     assert_type(resend_count(), int | None)
     del sync, asyn, adapter
+
+
+# -- bulkhead, rate limiter, keyed ----------------------------------------------------------------
+
+
+@Bulkhead(4, max_queued=8)
+def bulkheaded(x: int) -> str:
+    return str(x)
+
+
+@RateLimiter(10, burst=2, max_wait=1.0)
+async def rate_limited(x: int) -> int:
+    return x
+
+
+per_host = Keyed(lambda host: Bulkhead(2), key=lambda host, path: host)
+
+
+@per_host
+def fetch(host: str, path: str) -> bytes:
+    return b""
+
+
+async def acheck_limits() -> None:
+    assert_type(await rate_limited(1), int)
+    async with Bulkhead(1) as bulkhead:
+        assert_type(bulkhead, Bulkhead)
+    async with RateLimiter(1) as limiter:
+        assert_type(limiter, RateLimiter)
+    await RateLimiter(1).aacquire()
+
+
+def check_limits() -> None:
+    assert_type(bulkheaded(1), str)
+    assert_type(fetch("a", "/"), bytes)
+    assert_type(per_host.for_key("a"), Bulkhead)
+    assert_type(RateLimiter(1).try_acquire(), bool)
+    with Bulkhead(1):
+        pass
+    err = BulkheadFullError("full", max_concurrent=1, max_queued=0)
+    assert_type(err.retry_after, float | None)
+    assert_type(RateLimitedError("limited", retry_after=1.0).retry_after, float)
