@@ -81,7 +81,7 @@ async def settle(condition: Callable[[], bool], *, rounds: int = 100) -> None:
         ),
         ({"max_concurrent": 1, "queue_timeout": 1.0}, ValueError, ["queue_timeout", "max_queued"]),
         ({"max_concurrent": 1, "clock": object()}, TypeError, ["clock"]),
-        ({"max_concurrent": 1, "name": ""}, TypeError, ["name"]),
+        ({"max_concurrent": 1, "name": ""}, ValueError, ["name"]),
     ],
 )
 def test_options_are_validated_with_the_parameter_named(
