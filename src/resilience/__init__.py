@@ -10,6 +10,9 @@ Importing this package imports no optional dependency and switches nothing on.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from ._core.clock import Clock, SystemClock
 from ._core.deadline import Deadline, current_deadline, deadline, remaining
 from ._core.errors import RejectedError, ResilienceError, TimeoutExceededError
@@ -37,14 +40,6 @@ from .circuit_breaker import (
     CircuitStateChanged,
 )
 from .fallback import Fallback, FallbackUsed
-from .idempotency import (
-    Idempotency,
-    IdempotencyConflictError,
-    IdempotencyError,
-    IdempotencyKeyError,
-    IdempotencyKeyMismatchError,
-    IdempotencyStoreError,
-)
 from .keyed import Keyed
 from .rate_limit import RateLimited, RateLimitedError, RateLimiter, RateLimitWaited
 from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
@@ -113,3 +108,39 @@ __all__ = [
     "subscribe",
     "unsubscribe",
 ]
+
+# The idempotency guard pulls in sqlite3 and its stores; load it on first use so that
+# ``import resilience`` stays cheap.
+_LAZY = {
+    "Idempotency": "resilience.idempotency",
+    "IdempotencyConflictError": "resilience.idempotency",
+    "IdempotencyError": "resilience.idempotency",
+    "IdempotencyKeyError": "resilience.idempotency",
+    "IdempotencyKeyMismatchError": "resilience.idempotency",
+    "IdempotencyStoreError": "resilience.idempotency",
+}
+
+if _TYPE_CHECKING:
+    from .idempotency import (
+        Idempotency,
+        IdempotencyConflictError,
+        IdempotencyError,
+        IdempotencyKeyError,
+        IdempotencyKeyMismatchError,
+        IdempotencyStoreError,
+    )
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'resilience' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
