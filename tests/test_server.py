@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 import types
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -760,6 +761,34 @@ def test_the_middleware_works_as_starlette_middleware() -> None:
     assert ok.status_code == 200
     assert 0 < seen["remaining"] <= 5.0
     expect(shed, 503, {"error": "overloaded", "retry_after": 1})
+
+
+async def test_a_sync_endpoint_past_the_deadline_gets_504_while_its_thread_runs_on() -> None:
+    release = threading.Event()
+    finished = threading.Event()
+
+    def blocking(request: Request) -> PlainTextResponse:
+        release.wait(10)  # cannot be interrupted
+        finished.set()
+        return PlainTextResponse("too late")
+
+    bulkhead = Bulkhead(1)
+    app = Starlette(
+        routes=[Route("/", blocking)],
+        middleware=[Middleware(ResilienceMiddleware, bulkhead=bulkhead, timeout=0.05)],
+    )
+    try:
+        async with asgi_client(app) as c:
+            expect(await c.get("/"), 504, {"error": "timeout"})
+        assert bulkhead.in_flight == 0  # given back at the 504 ...
+        assert not finished.is_set()  # ... while the worker thread still runs
+    finally:
+        release.set()
+    for _ in range(1000):
+        if finished.is_set():
+            break
+        await asyncio.sleep(0.005)
+    assert finished.is_set()
 
 
 # == WSGI =========================================================================================

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import httpx
 import requests
+from starlette.applications import Starlette
 from typing_extensions import assert_type
 
 import resilience
@@ -21,9 +22,11 @@ from resilience import (
     deadline,
     remaining,
 )
+from resilience.asgi import ResilienceMiddleware
 from resilience.httpx import AsyncResilientTransport, HTTPOptions, ResilientTransport
 from resilience.idempotency import MemoryStore
 from resilience.requests import ResilientAdapter, resend_count
+from resilience.wsgi import ResilienceMiddleware as WSGIResilienceMiddleware
 
 
 @Retry(on=OSError)
@@ -115,3 +118,29 @@ def check_http() -> None:
     adapter: requests.adapters.HTTPAdapter = ResilientAdapter(pool_maxsize=4, attempts=3)
     assert_type(resend_count(), int | None)
     del sync, asyn, adapter
+
+
+def check_server() -> None:
+    app = Starlette()
+    app.add_middleware(
+        ResilienceMiddleware,
+        bulkhead=resilience.Bulkhead(8, name="api"),
+        rate_limit=resilience.Keyed(lambda client: resilience.RateLimiter(5), name="api"),
+        client_key=lambda scope: scope.get("client"),
+        timeout=2.0,
+        exclude=["/health"],
+    )
+    shared = ResilienceMiddleware(app, rate_limit=resilience.RateLimiter(100), timeout=None)
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return [b""]
+
+    web = WSGIResilienceMiddleware(
+        wsgi_app, bulkhead=resilience.Bulkhead(4), timeout_header="X-Request-Timeout"
+    )
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> Callable[[bytes], None]:
+        return lambda data: None
+
+    assert_type(web({}, start_response), Iterable[bytes])
+    del shared
