@@ -10,6 +10,7 @@ import sys
 import threading
 import types
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from datetime import timedelta
 from typing import Any
 
@@ -517,6 +518,27 @@ async def test_an_inner_timeout_at_the_request_deadline_is_a_504(clock: FakeCloc
         expect(await c.get("/"), 504, {"error": "timeout"})
 
 
+async def test_a_504_for_a_worker_thread_that_runs_on_keeps_the_permit_until_it_ends(
+    clock: FakeClock,
+) -> None:
+    worker: Future[None] = Future()
+    bulkhead = Bulkhead(1)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await clock.asleep(30)
+        except asyncio.CancelledError:
+            # As a thread-mode Timeout reports a worker it could not stop.
+            raise TimeoutExceededError("db", timeout=1.0, elapsed=1.0, pending=worker) from None
+
+    mw = ResilienceMiddleware(app, bulkhead=bulkhead, timeout=1, clock=clock)
+    async with asgi_client(mw) as c:
+        expect(await c.get("/"), 504, {"error": "timeout"})
+    assert bulkhead.in_flight == 1  # the worker still runs the app's call
+    worker.set_result(None)
+    assert bulkhead.in_flight == 0
+
+
 async def test_an_app_timeout_before_the_request_deadline_is_the_apps_error(
     clock: FakeClock,
 ) -> None:
@@ -947,6 +969,30 @@ def test_wsgi_a_timeout_raised_by_the_app(clock: FakeClock) -> None:
 
     with wsgi_client(WSGIResilienceMiddleware(late_then_raise, timeout=2, clock=clock)) as c:
         expect(c.get("/"), 504, {"error": "timeout"})
+
+
+def test_wsgi_a_504_for_a_worker_thread_that_runs_on_keeps_the_permit(clock: FakeClock) -> None:
+    worker: Future[None] = Future()
+    bulkhead = Bulkhead(1)
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        clock.advance(3)
+        raise TimeoutExceededError("db", timeout=1.0, elapsed=1.0, pending=worker)
+
+    def generated(environ: Any, start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [])
+        clock.advance(3)
+        raise TimeoutExceededError("db", timeout=1.0, elapsed=1.0, pending=worker)
+        yield b"never"
+
+    for wsgi_app in (app, generated):
+        worker = Future()
+        mw = WSGIResilienceMiddleware(wsgi_app, bulkhead=bulkhead, timeout=2, clock=clock)
+        with wsgi_client(mw) as c:
+            expect(c.get("/"), 504, {"error": "timeout"})
+        assert bulkhead.in_flight == 1
+        worker.set_result(None)
+        assert bulkhead.in_flight == 0
 
 
 def test_wsgi_an_open_breaker_can_be_answered_503() -> None:

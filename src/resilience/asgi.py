@@ -207,11 +207,17 @@ class ResilienceMiddleware:
                 return
             # The permit is ours from here: it goes back on every path, cancellation included.
             try:
-                await self._run(scope, receive, send, budget, head)
+                answered = await self._run(scope, receive, send, budget, head)
             except BaseException as exc:
                 await bulkhead.__aexit__(type(exc), exc, exc.__traceback__)
                 raise
-            await bulkhead.__aexit__(None, None, None)
+            # An error answered for the app still says how the call ended: a thread-mode
+            # Timeout's worker that runs on keeps the permit until it is done.
+            await bulkhead.__aexit__(
+                None if answered is None else type(answered),
+                answered,
+                None if answered is None else answered.__traceback__,
+            )
         finally:
             policy.end(budget)
 
@@ -226,10 +232,11 @@ class ResilienceMiddleware:
 
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, budget: Budget | None, head: bool
-    ) -> None:
+    ) -> BaseException | None:
+        """Run the app; answers the app's error that was answered for it (else ``None``)."""
         if not self._watch:
             await self.app(scope, receive, send)
-            return
+            return None
         policy = self._policy
         watched = _Watched(send)
         if budget is None:
@@ -240,7 +247,8 @@ class ResilienceMiddleware:
                 if mapped is None:
                     raise
                 await _answer(send, mapped, head)
-            return
+                return exc
+            return None
 
         task = asyncio.current_task()
         if task is None:  # pragma: no cover - an ASGI app always runs in a task under asyncio
@@ -257,6 +265,7 @@ class ResilienceMiddleware:
         # A complete response is out of the deadline's reach: background work runs on.
         watched.on_complete = handle.cancel
         reply: Answer | None = None
+        error: BaseException | None = None
         try:
             await self.app(scope, receive, watched)
         except asyncio.CancelledError:
@@ -275,6 +284,7 @@ class ResilienceMiddleware:
             reply = None if watched.started else policy.escaped(exc, budget)
             if reply is None:
                 raise
+            error = exc
         else:
             handle.cancel()
             if fired:
@@ -283,6 +293,7 @@ class ResilienceMiddleware:
                 reply = policy.late(budget)
         if reply is not None:
             await _answer(send, reply, head)
+        return error
 
 
 async def _answer(send: Send, reply: Answer, head: bool) -> None:

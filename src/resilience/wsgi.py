@@ -254,9 +254,10 @@ class _Response:
         except StopIteration:
             chunk = None
         except Exception as exc:
+            # Released with the error: a thread-mode Timeout's worker keeps the permit.
+            self.release(exc)
             mapped = None if self.started else self._policy.escaped(exc, budget)
             if mapped is None:
-                self.release(exc)
                 raise
             return self._replace(mapped)
         except BaseException as exc:
