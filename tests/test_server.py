@@ -1103,6 +1103,27 @@ def test_wsgi_the_permit_goes_back_however_far_the_server_reads(read: int) -> No
     assert app.closed == 1
 
 
+def test_wsgi_a_close_that_raises_still_gives_the_permit_back(clock: FakeClock) -> None:
+    class BadClose:
+        def __iter__(self) -> Iterator[bytes]:
+            clock.advance(3)  # late: the middleware replaces it, closing it first
+            yield b"late"
+
+        def close(self) -> None:
+            raise OSError("close failed")
+
+    def app(environ: Any, start_response: Any) -> BadClose:
+        start_response("200 OK", [])
+        return BadClose()
+
+    bulkhead = Bulkhead(1)
+    mw = WSGIResilienceMiddleware(app, bulkhead=bulkhead, timeout=2, clock=clock)
+    _, start_response = start_response_spy()
+    with pytest.raises(OSError, match="close failed"):
+        list(mw({"REQUEST_METHOD": "GET", "PATH_INFO": "/"}, start_response))
+    assert bulkhead.in_flight == 0
+
+
 def test_wsgi_an_error_while_the_body_is_produced_gives_the_permit_back() -> None:
     def app(environ: Any, start_response: Any) -> Iterator[bytes]:
         start_response("200 OK", [])

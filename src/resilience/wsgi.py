@@ -175,7 +175,6 @@ class _Response:
         "_it",
         "_policy",
         "_released",
-        "_replaced",
         "_result",
         "_start_response",
         "_status",
@@ -201,7 +200,6 @@ class _Response:
         self._write: Callable[[bytes], object] | None = None
         self._result: Iterable[bytes] | None = None
         self._it: Iterator[bytes] | None = None
-        self._replaced: list[bytes] | None = None
         self._released = False
         self._closed = False
         self.started = False
@@ -237,13 +235,8 @@ class _Response:
         return self
 
     def __next__(self) -> bytes:
-        replaced = self._replaced
-        if replaced is not None:
-            if replaced:
-                return replaced.pop()
-            raise StopIteration
         if self._released:
-            raise StopIteration
+            raise StopIteration  # the app's body is done, or our own answer went out whole
         budget = self._budget
         token = None if budget is None else DEADLINE.set(budget.deadline)
         try:
@@ -299,11 +292,12 @@ class _Response:
 
     def _replace(self, reply: Answer) -> bytes:
         """Answer ``reply`` instead of the app's response, which has not started."""
-        self._close_app()
-        self.release(None)
+        try:
+            self._close_app()
+        finally:
+            self.release(None)
         # The server's start_response was never called (nothing started): no exc_info needed.
         self._start_response(reply.status_line, list(reply.headers))
-        self._replaced = []
         return b"" if self._head else reply.body
 
     def _close_app(self) -> None:
