@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import httpx
 import requests
+from starlette.applications import Starlette
 from typing_extensions import assert_type
 
 import resilience
@@ -26,9 +27,11 @@ from resilience import (
     deadline,
     remaining,
 )
+from resilience.asgi import ResilienceMiddleware
 from resilience.httpx import AsyncResilientTransport, HTTPOptions, ResilientTransport
 from resilience.idempotency import MemoryStore
 from resilience.requests import ResilientAdapter, resend_count
+from resilience.wsgi import ResilienceMiddleware as WSGIResilienceMiddleware
 
 
 @Retry(on=OSError)
@@ -162,3 +165,29 @@ def check_limits() -> None:
     err = BulkheadFullError("full", max_concurrent=1, max_queued=0)
     assert_type(err.retry_after, float | None)
     assert_type(RateLimitedError("limited", retry_after=1.0).retry_after, float)
+
+
+def check_server() -> None:
+    app = Starlette()
+    app.add_middleware(
+        ResilienceMiddleware,
+        bulkhead=resilience.Bulkhead(8, name="api"),
+        rate_limit=resilience.Keyed(lambda client: resilience.RateLimiter(5), name="api"),
+        client_key=lambda scope: scope.get("client"),
+        timeout=2.0,
+        exclude=["/health"],
+    )
+    shared = ResilienceMiddleware(app, rate_limit=resilience.RateLimiter(100), timeout=None)
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        return [b""]
+
+    web = WSGIResilienceMiddleware(
+        wsgi_app, bulkhead=resilience.Bulkhead(4), timeout_header="X-Request-Timeout"
+    )
+
+    def start_response(status: str, headers: list[tuple[str, str]]) -> Callable[[bytes], None]:
+        return lambda data: None
+
+    assert_type(web({}, start_response), Iterable[bytes])
+    del shared
