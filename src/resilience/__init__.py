@@ -27,6 +27,7 @@ from ._core.outcome import Classifier, Outcome
 from ._core.strategy import Pipeline, Strategy
 from .actuator import status
 from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
+from .bulkhead import Bulkhead, BulkheadFullError, BulkheadRejected, BulkheadWaited
 from .circuit_breaker import (
     CircuitBreaker,
     CircuitBreakerOptions,
@@ -44,6 +45,8 @@ from .idempotency import (
     IdempotencyKeyMismatchError,
     IdempotencyStoreError,
 )
+from .keyed import Keyed
+from .rate_limit import RateLimited, RateLimitedError, RateLimiter, RateLimitWaited
 from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
 from .timeout import TimedOut, Timeout, TimeoutMode
 
@@ -54,6 +57,10 @@ __all__ = [
     "AttemptInfo",
     "Backoff",
     "BackoffKind",
+    "Bulkhead",
+    "BulkheadFullError",
+    "BulkheadRejected",
+    "BulkheadWaited",
     "CallRejected",
     "CircuitBreaker",
     "CircuitBreakerOptions",
@@ -76,9 +83,14 @@ __all__ = [
     "IdempotencyKeyMismatchError",
     "IdempotencyStoreError",
     "Jitter",
+    "Keyed",
     "Listener",
     "Outcome",
     "Pipeline",
+    "RateLimitWaited",
+    "RateLimited",
+    "RateLimitedError",
+    "RateLimiter",
     "RejectedError",
     "ResilienceError",
     "Retry",
