@@ -514,6 +514,10 @@ def _metrics_lines(metrics: Scrape) -> list[str]:
         width = max((len(r[0]) for r in rows), default=0)
         lines.append(f'  policy="{policy}":')
         lines += [f"    {name:<{width}}  {value:>5}" for name, value in rows]
+    lines.append(
+        "  (the fallback is inside the pipeline: a call it answered is a success to the "
+        "caller, and counted in resilience_fallbacks_total)"
+    )
     return lines
 
 
