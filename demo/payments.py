@@ -170,6 +170,8 @@ class ChargeResult:
     body: dict[str, Any] | None = None
     replayed: bool = False
     error: str | None = None
+    """What the call raised, as ``Type: message``."""
+    error_type: str | None = None
     executions: int = 0
     """Times the charge handler ran for this request (the service's count)."""
     answers_lost: int = 0
@@ -193,7 +195,8 @@ def _charge(
     try:
         response = client.post(service.url, json={"amount": amount})
     except httpx.HTTPError as exc:
-        result.error = f"{type(exc).__name__}: {exc}"
+        result.error_type = type(exc).__name__
+        result.error = f"{result.error_type}: {exc}"
     else:
         result.key = response.request.headers.get("Idempotency-Key")
         result.status = response.status_code
@@ -210,9 +213,8 @@ def run_scene(service: PaymentsService, amount: int = 42) -> tuple[ChargeResult,
     """ "Charge ``amount``" with the first answer lost: bare, then with a key and retries."""
     with httpx.Client(timeout=5.0) as client:
         bare = _charge(service, client, ChargeResult("bare httpx"), amount)
-        # The bare client sees its only attempt fail; there is no event stream to ask.
-        if bare.error is not None:
-            bare.attempts.append(Attempt(None, bare.error.split(":", 1)[0]))
+    # No retry: what the call raised or returned is its one attempt.
+    bare.attempts.append(Attempt(bare.status, bare.error_type))
 
     transport = ResilientTransport(
         attempts=3, backoff=Backoff.constant(0.05), add_idempotency_key=True, name=CLIENT_POLICY

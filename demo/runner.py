@@ -326,7 +326,13 @@ async def serve(
             loop = asyncio.get_running_loop()
             t0 = loop.time()
             end = math.inf if seconds is None else t0 + seconds
-            running: set[asyncio.Task[Answer]] = set()
+            running: set[asyncio.Future[Answer]] = set()
+
+            def _forget(task: asyncio.Future[Answer]) -> None:
+                running.discard(task)
+                if not task.cancelled():
+                    task.exception()  # read, so asyncio does not log it; /metrics counts it
+
             i = 0
             try:
                 while loop.time() < end:
@@ -334,10 +340,10 @@ async def serve(
                     await asyncio.sleep(max(0.0, t0 + i / settings.rate - loop.time()))
                     task = asyncio.ensure_future(call())
                     running.add(task)
-                    task.add_done_callback(running.discard)
+                    task.add_done_callback(_forget)
             finally:
-                for task in list(running):
-                    task.cancel()
+                for pending in list(running):
+                    pending.cancel()
                 await asyncio.gather(*running, return_exceptions=True)
 
 
