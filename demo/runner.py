@@ -283,8 +283,11 @@ async def run(
                 (bare, bare_service, bare_upstream),
                 (protected, protected_service, protected_upstream),
             ):
-                column.upstream_requests = service.requests
-                column.requests_by_phase = service.requests_by_phase()
+                # One reading of both counts: a request abandoned by a timeout may still
+                # be arriving.
+                stats = service.stats()
+                column.upstream_requests = stats["requests"]
+                column.requests_by_phase = stats["requests_by_phase"]
                 column.attempts = upstream.attempts
             charges = await asyncio.to_thread(run_scene, payments)
             # Scraped while the listener still counts: reading the breaker's state may
