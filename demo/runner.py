@@ -187,7 +187,7 @@ class _EventCounter:
 
 
 class _Sent:
-    """Attempts of one call that reached the network."""
+    """Attempts of one call that got past the breaker and were sent."""
 
     __slots__ = ("n",)
 
@@ -229,8 +229,7 @@ async def _drive(
             source = answer.source
             if source == "fallback":
                 because = str(answer.body["because"])
-        result = CallResult(i, started, time.perf_counter() - begin, source, sent.n, because)
-        return result
+        return CallResult(i, started, time.perf_counter() - begin, source, sent.n, because)
 
     column.results = list(await asyncio.gather(*(one(i) for i in range(settings.calls))))
 
