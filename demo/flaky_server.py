@@ -112,7 +112,7 @@ STANDARD = Script(
         Phase("recovered", 3.0, error_rate=0.01),
     )
 )
-QUICK = STANDARD.scaled(0.15)
+QUICK = STANDARD.scaled(0.2)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -194,6 +194,7 @@ class FlakyService:
             self._rng = random.Random(self.script.seed)
             self._requests = 0
             self._answers: Counter[str] = Counter()
+            self._by_phase: Counter[str] = Counter()
 
     @property
     def requests(self) -> int:
@@ -201,12 +202,18 @@ class FlakyService:
         with self._lock:
             return self._requests
 
+    def requests_by_phase(self) -> dict[str, int]:
+        """Requests since :meth:`restart` by the phase the service was in when each arrived."""
+        with self._lock:
+            return dict(self._by_phase)
+
     def decide(self) -> tuple[int, dict[str, Any], dict[str, str], float]:
         """Status, body, headers and delay of the next answer, by the script."""
         with self._lock:
             t = time.monotonic() - self._t0
             phase = self.script.phase_at(t, loop=self.loop)
             number = self._requests = self._requests + 1
+            self._by_phase[phase.name] += 1
             roll, stall = self._rng.random(), self._rng.random()
             delay = self._rng.uniform(*self.script.latency)
             if phase.down:
@@ -234,6 +241,7 @@ class FlakyService:
                 "seconds": round(t, 3),
                 "requests": self._requests,
                 "answers": dict(self._answers),
+                "requests_by_phase": dict(self._by_phase),
             }
 
     def start(self) -> FlakyService:

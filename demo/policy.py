@@ -1,7 +1,7 @@
 """The client side: one call to the upstream, and the pipeline that protects it.
 
 :func:`build_protected` is the one place that decides what "protected" means in the
-demo; a circuit breaker, a bulkhead or an idempotency guard joins the pipeline here.
+demo, and :func:`describe` says it in words, with the reasons for its order.
 """
 
 from __future__ import annotations
@@ -11,7 +11,17 @@ from typing import Any
 
 import httpx
 
-from resilience import Backoff, Fallback, Pipeline, Retry, Timeout
+from resilience import (
+    Backoff,
+    Bulkhead,
+    BulkheadFullError,
+    CircuitBreaker,
+    CircuitOpenError,
+    Fallback,
+    Pipeline,
+    Retry,
+    Timeout,
+)
 
 __all__ = [
     "POLICY",
@@ -19,13 +29,15 @@ __all__ = [
     "Upstream",
     "UpstreamError",
     "ProtectionSettings",
+    "REJECTED",
+    "RETRYABLE",
     "build_protected",
     "describe",
     "parse_retry_after",
 ]
 
-POLICY = "upstream"
-"""The pipeline's name: its events carry ``policy="upstream"``."""
+POLICY = "catalog"
+"""The pipeline's name: its events and metrics carry ``policy="catalog"``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +103,18 @@ class ProtectionSettings:
     attempts: int = 4
     backoff: Backoff = field(default_factory=lambda: Backoff.exponential(0.1, max_delay=1.0))
     max_retry_after: float = 2.0
+    max_concurrent: int = 18
+    """Calls the bulkhead lets run at once (waits between attempts included)."""
+    failure_threshold: int = 10
+    """Failed attempts in a row that open the breaker."""
+    open_duration: float = 0.25
+    """How long the open breaker rejects attempts before it lets one probe through."""
 
 
 # What is worth another attempt: a 5xx, a transport failure, an attempt that timed out.
 RETRYABLE: tuple[type[Exception], ...] = (UpstreamError, httpx.TransportError, TimeoutError)
+# What the fallback answers: the same, and the calls the bulkhead or the breaker refused.
+REJECTED: tuple[type[Exception], ...] = (BulkheadFullError, CircuitOpenError)
 
 
 def stale_answer(error: BaseException) -> Answer:
@@ -103,16 +123,27 @@ def stale_answer(error: BaseException) -> Answer:
 
 
 def build_protected(settings: ProtectionSettings | None = None) -> Pipeline:
-    """Fallback ⟶ call timeout ⟶ retry ⟶ attempt timeout, outermost first."""
+    """Fallback ⟶ bulkhead ⟶ call timeout ⟶ retry ⟶ circuit breaker ⟶ attempt timeout.
+
+    Outermost first; :func:`describe` gives the reasons for the order.
+    """
     s = settings or ProtectionSettings()
     return Pipeline(
-        Fallback(handler=stale_answer, on=RETRYABLE),
+        Fallback(handler=stale_answer, on=RETRYABLE + REJECTED),
+        Bulkhead(s.max_concurrent),
         Timeout(s.call_timeout, name="call-timeout"),
+        # CircuitOpenError is retried too: its retry_after (the time until the breaker's
+        # next probe) replaces the backoff, so a rejected call waits instead of spinning.
         Retry(
-            on=RETRYABLE,
+            on=(*RETRYABLE, CircuitOpenError),
             attempts=s.attempts,
             backoff=s.backoff,
             max_retry_after=s.max_retry_after,
+        ),
+        CircuitBreaker(
+            failure_threshold=s.failure_threshold,
+            failure_rate_threshold=None,
+            open_duration=s.open_duration,
         ),
         Timeout(s.attempt_timeout, name="attempt-timeout"),
         name=POLICY,
@@ -120,14 +151,29 @@ def build_protected(settings: ProtectionSettings | None = None) -> Pipeline:
 
 
 def describe(settings: ProtectionSettings | None = None) -> list[str]:
-    """The protected pipeline in words, outermost first (its ``repr`` is exact but long)."""
+    """The protected pipeline in words, outermost first, then why it is in that order."""
     s = settings or ProtectionSettings()
     b = s.backoff
     return [
-        "Fallback        a stale placeholder instead of an error",
+        "Fallback        a stale placeholder instead of an error, a shed or a rejected call",
+        f"Bulkhead        at most {s.max_concurrent} calls at once; the next one is shed "
+        "at once, not queued",
         f"Timeout         {s.call_timeout:g} s for the whole call, waits included",
         f"Retry           {s.attempts} attempts, {b.kind.value} backoff from {b.base:g} s "
-        f"up to {b.max_delay:g} s ({b.jitter.value} jitter), or the server's Retry-After "
-        f"up to {s.max_retry_after:g} s",
+        f"up to {b.max_delay:g} s ({b.jitter.value} jitter);",
+        "                or as long as the server's Retry-After or the breaker's next probe "
+        f"asks, up to {s.max_retry_after:g} s",
+        f"CircuitBreaker  opens after {s.failure_threshold} failed attempts in a row; "
+        f"one probe after {s.open_duration:g} s",
         f"Timeout         {s.attempt_timeout:g} s per attempt",
+        "",
+        "Why this order: the one of Microsoft's standard HTTP pipeline on Polly (bulkhead,",
+        "total timeout, retry, breaker, attempt timeout), inside a fallback:",
+        "- The breaker is inside the retry, so it counts each attempt the upstream saw. An",
+        "  attempt it rejects never leaves, and the retry waits for the breaker's next probe",
+        "  (CircuitOpenError.retry_after) instead of asking again in a tight loop.",
+        "- The attempt timeout is inside the breaker, so a stalled attempt counts as a",
+        "  failure; the whole-call timeout bounds the retry's waits, the breaker's included.",
+        "- The bulkhead is outside the retry: a call waiting between attempts holds its",
+        "  slot, and a shed call goes to the fallback without waiting for anything.",
     ]
