@@ -104,3 +104,23 @@ def test_importing_resilience_switches_nothing_on() -> None:
         "    logging.getLogger('resilience').handlers != []]))\n"
     )
     assert json.loads(run_python(code)) == [False, False, False, False]
+
+
+def test_import_loads_only_the_core() -> None:
+    """``import resilience`` loads no pattern module, no asyncio and no optional package.
+
+    The patterns load on first use (PEP 562), which keeps the import cheap for programs
+    that use a few of them.
+    """
+    code = (
+        "import sys, resilience\n"
+        "heavy = ('asyncio', 'sqlite3', 'resilience.retry', 'resilience.circuit_breaker',"
+        " 'resilience.idempotency', 'resilience.bulkhead')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+        "from resilience import Retry, CircuitBreaker\n"
+        "print(Retry.__module__, CircuitBreaker.__module__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out == ["", "resilience.retry resilience.circuit_breaker"]

@@ -160,7 +160,7 @@ def recorded_sleeps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
         await real_asyncio_sleep(0)
 
     monkeypatch.setattr(time, "sleep", fake_sleep)
-    monkeypatch.setattr(clock_module.asyncio, "sleep", fake_asleep)
+    monkeypatch.setattr(asyncio, "sleep", fake_asleep)
     before = clock_module.SWITCHES.no_wait
     try:
         yield sleeps

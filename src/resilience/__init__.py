@@ -1,9 +1,9 @@
 """resilience: make calls to flaky dependencies survivable.
 
-Composable strategies (retry, timeout, fallback; circuit breaker, bulkhead and rate
-limiter follow) that work as decorators on sync functions, coroutine functions and
-methods, compose into a :class:`Pipeline`, and publish every action they take as an
-event for metrics, tracing and logging to subscribe to.
+Composable strategies (retry, timeout, fallback, circuit breaker, bulkhead, rate
+limiter, keyed policies, idempotency guard) that work as decorators on sync functions,
+coroutine functions and methods, compose into a :class:`Pipeline`, and publish every
+action they take as an event for metrics, tracing and logging to subscribe to.
 
 Importing this package imports no optional dependency and switches nothing on.
 """
@@ -28,22 +28,6 @@ from ._core.events import (
 )
 from ._core.outcome import Classifier, Outcome
 from ._core.strategy import Pipeline, Strategy
-from .actuator import status
-from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
-from .bulkhead import Bulkhead, BulkheadFullError, BulkheadRejected, BulkheadWaited
-from .circuit_breaker import (
-    CircuitBreaker,
-    CircuitBreakerOptions,
-    CircuitOpenError,
-    CircuitRejected,
-    CircuitState,
-    CircuitStateChanged,
-)
-from .fallback import Fallback, FallbackUsed
-from .keyed import Keyed
-from .rate_limit import RateLimited, RateLimitedError, RateLimiter, RateLimitWaited
-from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
-from .timeout import TimedOut, Timeout, TimeoutMode
 
 __version__ = "0.1.0.dev0"
 
@@ -109,18 +93,62 @@ __all__ = [
     "unsubscribe",
 ]
 
-# The idempotency guard pulls in sqlite3 and its stores; load it on first use so that
-# ``import resilience`` stays cheap.
+# Strategies and integrations load on first use (PEP 562), so ``import resilience``
+# costs only the core and a program pays for the patterns it uses.
 _LAZY = {
+    "Attempt": "resilience.retry",
+    "AttemptInfo": "resilience.backoff",
+    "Backoff": "resilience.backoff",
+    "BackoffKind": "resilience.backoff",
+    "Bulkhead": "resilience.bulkhead",
+    "BulkheadFullError": "resilience.bulkhead",
+    "BulkheadRejected": "resilience.bulkhead",
+    "BulkheadWaited": "resilience.bulkhead",
+    "CircuitBreaker": "resilience.circuit_breaker",
+    "CircuitBreakerOptions": "resilience.circuit_breaker",
+    "CircuitOpenError": "resilience.circuit_breaker",
+    "CircuitRejected": "resilience.circuit_breaker",
+    "CircuitState": "resilience.circuit_breaker",
+    "CircuitStateChanged": "resilience.circuit_breaker",
+    "Fallback": "resilience.fallback",
+    "FallbackUsed": "resilience.fallback",
+    "GiveUpReason": "resilience.retry",
     "Idempotency": "resilience.idempotency",
     "IdempotencyConflictError": "resilience.idempotency",
     "IdempotencyError": "resilience.idempotency",
     "IdempotencyKeyError": "resilience.idempotency",
     "IdempotencyKeyMismatchError": "resilience.idempotency",
     "IdempotencyStoreError": "resilience.idempotency",
+    "Jitter": "resilience.backoff",
+    "Keyed": "resilience.keyed",
+    "RateLimitWaited": "resilience.rate_limit",
+    "RateLimited": "resilience.rate_limit",
+    "RateLimitedError": "resilience.rate_limit",
+    "RateLimiter": "resilience.rate_limit",
+    "Retry": "resilience.retry",
+    "RetryBudget": "resilience.retry",
+    "RetryGaveUp": "resilience.retry",
+    "RetryScheduled": "resilience.retry",
+    "Schedule": "resilience.backoff",
+    "TimedOut": "resilience.timeout",
+    "Timeout": "resilience.timeout",
+    "TimeoutMode": "resilience.timeout",
+    "status": "resilience.actuator",
 }
 
 if _TYPE_CHECKING:
+    from .actuator import status
+    from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
+    from .bulkhead import Bulkhead, BulkheadFullError, BulkheadRejected, BulkheadWaited
+    from .circuit_breaker import (
+        CircuitBreaker,
+        CircuitBreakerOptions,
+        CircuitOpenError,
+        CircuitRejected,
+        CircuitState,
+        CircuitStateChanged,
+    )
+    from .fallback import Fallback, FallbackUsed
     from .idempotency import (
         Idempotency,
         IdempotencyConflictError,
@@ -129,6 +157,10 @@ if _TYPE_CHECKING:
         IdempotencyKeyMismatchError,
         IdempotencyStoreError,
     )
+    from .keyed import Keyed
+    from .rate_limit import RateLimited, RateLimitedError, RateLimiter, RateLimitWaited
+    from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
+    from .timeout import TimedOut, Timeout, TimeoutMode
 
 
 def __getattr__(name: str) -> _Any:

@@ -8,11 +8,13 @@ or ``random`` directly (ruff's ``banned-api`` enforces it), so tests can swap in
 
 from __future__ import annotations
 
-import asyncio
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "Clock",
@@ -83,9 +85,13 @@ class SystemClock:
     async def asleep(self, seconds: float) -> None:
         if SWITCHES.no_wait:
             seconds = 0
+        import asyncio  # imported on first use: ``import resilience`` stays cheap
+
         await asyncio.sleep(seconds)
 
     def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandle:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         return loop.call_later(max(0.0, when - time.monotonic()), callback)
 
@@ -131,4 +137,6 @@ def real_sleep(seconds: float) -> None:
 
 async def real_asleep(seconds: float) -> None:
     """Yield to the event loop for ``seconds`` of real time."""
+    import asyncio
+
     await asyncio.sleep(seconds)

@@ -16,8 +16,10 @@ last exception itself, annotated with a PEP 678 note.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = [
     "ResilienceError",
