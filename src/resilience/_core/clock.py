@@ -11,10 +11,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    import asyncio
+from typing import Protocol, runtime_checkable
 
 __all__ = [
     "Clock",
