@@ -104,21 +104,27 @@ def bench_async(url: str, prefix: str) -> list[tuple[str, float]]:
         return 1
 
     local = RateLimiter(HUGE, burst=HUGE)
-    # An asyncio client belongs to one event loop; every timing run has its own loop.
-    by_loop: dict[asyncio.AbstractEventLoop, Any] = {}
 
-    async def shared() -> int:
-        loop = asyncio.get_running_loop()
-        decorated = by_loop.get(loop)
-        if decorated is None:
-            limiter = _limiter(redis.asyncio.Redis.from_url(url), prefix)
-            decorated = by_loop[loop] = limiter(work)
-        return int(await decorated())
+    async def shared_ns() -> float:
+        # An asyncio client belongs to one event loop: made, timed and closed in this one.
+        client = redis.asyncio.Redis.from_url(url)
+        decorated = _limiter(client, prefix)(work)
+        try:
+            await decorated()  # connects and loads the script
+            best = float("inf")
+            for _ in range(REPEAT):
+                t0 = time.perf_counter_ns()
+                for _ in range(NUMBER):
+                    await decorated()
+                best = min(best, (time.perf_counter_ns() - t0) / NUMBER)
+            return best
+        finally:
+            await client.aclose()
 
     return [
         ("bare await", ans_per_call(work, number=NUMBER, repeat=REPEAT)),
         ("RateLimiter (local), decorator", ans_per_call(local(work), number=NUMBER, repeat=REPEAT)),
-        ("RedisRateLimiter, decorator", ans_per_call(shared, number=NUMBER, repeat=REPEAT)),
+        ("RedisRateLimiter, decorator", asyncio.run(shared_ns())),
     ]
 
 

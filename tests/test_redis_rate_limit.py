@@ -440,3 +440,49 @@ async def test_async_outage_falls_back_without_blocking(server: Server) -> None:
     assert time.perf_counter() - t0 < 0.3
     assert not limiter.shared
     await limiter.aclose()
+
+
+# -- the stored state ------------------------------------------------------------------------
+def test_state_written_long_ago_is_rebased_exactly(client: redis.Redis, prefix: str) -> None:
+    # A key last moved two hours ago, with its next permit due 0.5 s from now.
+    sec, usec = client.time()
+    key = prefix + "old"
+    rate = 10
+    tat = (7200 * 1_000_000 + usec + 500_000) * rate  # units since the base
+    client.hset(key, mapping={"b": sec - 7200, "t": tat, "r": rate})
+    limiter = RedisRateLimiter(client, rate, key="old", prefix=prefix)
+    with pytest.raises(RateLimitedError) as info:
+        limiter.acquire()
+    assert 0.3 < info.value.retry_after <= 0.6
+    client.hset(key, mapping={"t": 0})  # long idle: admitted, and the base moves on
+    assert limiter.try_acquire()
+    assert int(client.hget(key, "b") or 0) >= sec
+
+
+def test_a_new_rate_rescales_the_stored_time(client: redis.Redis, prefix: str) -> None:
+    slow = RedisRateLimiter(client, 1, period=10.0, key="r", prefix=prefix)
+    assert slow.try_acquire()
+    fast = RedisRateLimiter(client, 100, period=10.0, key="r", prefix=prefix)
+    # The next permit was due 10 s on at the old rate; the new rate keeps that instant.
+    with pytest.raises(RateLimitedError) as info:
+        fast.acquire()
+    assert 9.0 < info.value.retry_after <= 10.0
+    assert client.hget(prefix + "r", "r") == b"1"  # refused: nothing written
+
+
+def test_fail_open_fallback_waits_like_the_local_limiter(events: CapturingListener) -> None:
+    limiter = RedisRateLimiter.from_url(
+        f"redis://127.0.0.1:{free_port()}/0",
+        20,
+        key="fw",
+        fleet_size=2,
+        max_wait=1.0,
+        timeout=0.05,
+    )
+    start = time.perf_counter()
+    for _ in range(3):
+        limiter.acquire()  # the local share: 10/s, so 0.1 s apart
+    assert 0.15 < time.perf_counter() - start < 0.6
+    assert len([e for e in events.events if isinstance(e, RateLimitWaited)]) == 2
+    assert limiter.snapshot()["shared"] is False
+    limiter.close()
