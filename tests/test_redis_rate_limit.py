@@ -268,6 +268,11 @@ def test_four_processes_of_eight_threads_stay_within_the_limit_and_use_it(
     for width in (1.0, 0.5, 0.1, 0.01):
         allowed = rate * width + burst
         assert windows_max(stamps, round(width * 1e6)) <= allowed, width
+    # Every window, exactly: admits i..j (j - i + 1 of them) span at least
+    # (j - i - burst) emission intervals of 1e6 / rate µs.
+    for i, t in enumerate(stamps):
+        for j in range(i + burst + 1, len(stamps)):
+            assert (j - i - burst) * 1_000_000 <= (stamps[j] - t) * rate, (i, j)
     used = len(stamps) / (rate * span + burst)
     assert used >= 0.95, used
     print(f"admitted {len(stamps)} of {tries} tries over {span:.2f} s: {used:.1%} of the limit")

@@ -6,6 +6,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import httpx
+import redis
 import requests
 from typing_extensions import assert_type
 
@@ -28,6 +29,7 @@ from resilience import (
 )
 from resilience.httpx import AsyncResilientTransport, HTTPOptions, ResilientTransport
 from resilience.idempotency import MemoryStore
+from resilience.redis import RedisRateLimiter
 from resilience.requests import ResilientAdapter, resend_count
 
 
@@ -162,3 +164,22 @@ def check_limits() -> None:
     err = BulkheadFullError("full", max_concurrent=1, max_queued=0)
     assert_type(err.retry_after, float | None)
     assert_type(RateLimitedError("limited", retry_after=1.0).retry_after, float)
+
+
+# -- shared state on Redis ------------------------------------------------------------------------
+
+
+def check_redis_rate_limiter(client: redis.Redis) -> None:
+    shared = RedisRateLimiter(client, 100, burst=10, key="partner", fleet_size=4)
+    assert_type(shared.try_acquire(), bool)
+    assert_type(shared.shared, bool)
+    assert_type(shared.key, str)
+    with shared as entered:
+        assert_type(entered, RedisRateLimiter)
+    per_tenant = Keyed(
+        lambda tenant: RedisRateLimiter(client, 5, key=f"tenant:{tenant}"),
+        key=lambda tenant: tenant,
+    )
+    assert_type(per_tenant.for_key("a"), RedisRateLimiter)
+    from_url = RedisRateLimiter.from_url("redis://localhost", 10, key="k", async_client=True)
+    assert_type(from_url, RedisRateLimiter)
