@@ -491,3 +491,27 @@ def test_fail_open_fallback_waits_like_the_local_limiter(events: CapturingListen
     assert len([e for e in events.events if isinstance(e, RateLimitWaited)]) == 2
     assert limiter.snapshot()["shared"] is False
     limiter.close()
+
+
+def test_link_backs_off_and_grants_one_probe_at_a_time() -> None:
+    from resilience.redis import _Link
+
+    link = _Link(0.5, 2.0)
+    assert link.may_try(0.0)
+    assert link.failed(0.0) is True  # the outage begins
+    assert not link.may_try(0.4)
+    assert link.may_try(0.5)  # the probe
+    assert not link.may_try(0.6)  # one at a time
+    assert link.failed(0.6) is False  # still the same outage: backoff 1 s
+    assert not link.may_try(1.5)
+    assert link.may_try(1.6)
+    link.failed(1.6)  # backoff 2 s (the maximum)
+    assert link.may_try(3.6)
+    link.failed(3.6)
+    assert not link.may_try(5.5)
+    assert link.may_try(5.6)
+    assert link.worked(6.0) == 6.0  # the outage lasted from 0 to 6
+    assert link.worked(7.0) is None
+    assert link.may_try(7.0)
+    link.failed(8.0)
+    assert link.retry_at == 8.5  # a new outage starts from min_backoff again
