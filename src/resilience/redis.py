@@ -21,7 +21,7 @@ import math
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import redis
 import redis.asyncio
@@ -30,13 +30,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ._core.clock import Clock
+from ._core.clock import SYSTEM_CLOCK, Clock
 from ._core.events import EVENTS, StateChanged
 from ._core.options import to_int, to_seconds
-from ._core.strategy import AnyCallable, AsyncCallable, Scope
+from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from .circuit_breaker import CircuitBreaker, CircuitOpenError, CircuitRejected, CircuitState
 from .rate_limit import _US, RateLimited, RateLimitedError, RateLimiter
 
-__all__ = ["RedisRateLimiter", "SharedStateLost", "SharedStateRestored"]
+__all__ = ["RedisCircuitBreaker", "RedisRateLimiter", "SharedStateLost", "SharedStateRestored"]
 
 logger = logging.getLogger("resilience")
 
@@ -586,3 +587,265 @@ class RedisRateLimiter(RateLimiter):
     async def __aenter__(self) -> RedisRateLimiter:
         await self._acquire_async(self._cm_scope)
         return self
+
+
+# -- the shared trip of a circuit breaker ---------------------------------------------------------
+
+
+class RedisCircuitBreaker(Strategy):
+    """A local :class:`~resilience.CircuitBreaker` whose *open* state is shared by the fleet.
+
+    Each replica decides locally, with no Redis round trip per call: from its own breaker
+    and from the last known shared state. When the local breaker trips, a background
+    thread writes ``prefix + key`` with the breaker's open time as its TTL (``SET PX``);
+    every replica polls the key's remaining TTL every ``poll_interval`` and rejects with
+    :class:`~resilience.CircuitOpenError` until it has passed. A replica started later
+    reads the key before its first poll interval ends, so a restart resets nothing.
+
+    Parameters:
+        breaker: the local :class:`~resilience.CircuitBreaker` (its options decide
+            when to trip, how long to stay open, and its half-open probes).
+        client: a ``redis.Redis`` used only by the background thread (give it short
+            timeouts, as for :class:`RedisRateLimiter`).
+        key: the Redis key suffix naming the shared circuit; default ``name`` or the
+            breaker's name. Different keys never interact.
+        prefix: default ``"resilience:breaker:"``.
+        poll_interval: seconds between two reads of the shared state, ``> 0`` and
+            ``<= 1``; default 0.25: every replica rejects within about that long after
+            one trips.
+        min_backoff, max_backoff: seconds between attempts to reach Redis after a
+            failure (default 0.5 and 5); meanwhile the local breaker alone decides.
+        name: the policy name when used alone; ``clock``: injected time (tests).
+
+    Call :meth:`close` to stop the background thread.
+    """
+
+    kind: ClassVar[str] = "circuit_breaker"
+    __slots__ = (
+        "_breaker",
+        "_client",
+        "_clock",
+        "_key",
+        "_link",
+        "_lock",
+        "_open_until",
+        "_poll",
+        "_published",
+        "_stop",
+        "_thread",
+        "_wake",
+    )
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        client: Any,
+        *,
+        key: str | None = None,
+        prefix: str = "resilience:breaker:",
+        poll_interval: float | timedelta = 0.25,
+        min_backoff: float | timedelta = 0.5,
+        max_backoff: float | timedelta = 5.0,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        if not isinstance(breaker, CircuitBreaker):
+            raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
+        if not isinstance(client, redis.Redis):
+            raise TypeError(f"client must be a redis.Redis, got {client!r}")
+        if key is None:
+            key = self.name or breaker.name
+        if not isinstance(key, str) or not key:
+            raise ValueError(
+                f"key must be a non-empty str (or give name=, the default key), got {key!r}"
+            )
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
+        self._poll = to_seconds("poll_interval", poll_interval, exclusive_minimum=True, maximum=1.0)
+        low = to_seconds("min_backoff", min_backoff, exclusive_minimum=True)
+        high = to_seconds("max_backoff", max_backoff, minimum=low)
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock, got {clock!r}")
+        self._clock = clock or SYSTEM_CLOCK
+        self._breaker = breaker
+        self._client = client
+        self._key = prefix + key
+        self._link = _Link(low, high)
+        self._lock = threading.Lock()
+        self._open_until = 0.0  # local clock; 0: the shared circuit is not open
+        self._published = 0.0  # local open_until last written to Redis
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"resilience-breaker-sync:{key}", daemon=True
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"RedisCircuitBreaker({self._breaker!r}, key={self._key!r})"
+
+    @property
+    def key(self) -> str:
+        """The Redis key of the shared circuit."""
+        return self._key
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The local breaker."""
+        return self._breaker
+
+    @property
+    def shared_open(self) -> bool:
+        """Whether the last known shared state says the circuit is open."""
+        return self._clock.now() < self._open_until
+
+    @property
+    def shared(self) -> bool:
+        """Whether the last attempt to reach Redis worked."""
+        return self._link.down_since is None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The local breaker's snapshot plus ``shared``, ``shared_open`` and ``key``."""
+        snap = self._breaker.snapshot()
+        snap.update(shared=self.shared, shared_open=self.shared_open, key=self._key)
+        return snap
+
+    def close(self) -> None:
+        """Stop the background thread (the shared state stays in Redis)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5.0)
+
+    # -- the background thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        scope = Scope(self.name or self._key, self.kind)
+        while not self._stop.is_set():
+            now = self._clock.now()
+            if self._link.may_try(now):
+                try:
+                    self._sync_once(now)
+                except RedisError as exc:
+                    self._open_until = 0.0  # an outage: the local breaker alone decides
+                    if self._link.failed(now):
+                        _report_lost(scope, self._clock.now(), "local", exc)
+                else:
+                    outage = self._link.worked(self._clock.now())
+                    if outage is not None:
+                        _report_restored(scope, self._clock.now(), "local", outage)
+            self._wake.wait(self._poll)
+            self._wake.clear()
+
+    def _sync_once(self, now: float) -> None:
+        """Publish a local trip not yet published, then read the shared open time."""
+        snap = self._breaker.snapshot()
+        left = snap.get("open_until")
+        local_until = now + left if snap.get("state") == "open" and left else 0.0
+        if local_until > self._published + 1e-3 and local_until > self._open_until:
+            ms = max(1, int((local_until - now) * 1000))
+            # Redis keeps the time: the key's TTL is the circuit's remaining open time.
+            self._client.set(self._key, b"open", px=ms)
+            self._published = local_until
+        pttl = int(self._client.pttl(self._key))
+        self._open_until = now + pttl / 1000.0 if pttl > 0 else 0.0
+
+    def _tripped(self) -> None:
+        """After a failed call: wake the thread at once if the local breaker just opened."""
+        if self._breaker.state is CircuitState.OPEN:
+            self._wake.set()
+
+    def _reject(self, scope: Scope, now: float) -> CircuitOpenError:
+        retry_after = self._open_until - now
+        if EVENTS.wants(scope.policy):
+            EVENTS.publish(
+                CircuitRejected(
+                    policy=scope.policy,
+                    strategy=scope.strategy,
+                    time=now,
+                    reason="circuit_open",
+                    retry_after=retry_after,
+                    state="open",
+                )
+            )
+        return CircuitOpenError(
+            f"{scope.policy}/{scope.strategy}: the shared circuit {self._key!r} is open; "
+            f"next probe in {retry_after:.3f} s",
+            policy=scope.policy,
+            state=CircuitState.OPEN,
+            retry_after=retry_after,
+        )
+
+    # -- drivers ----------------------------------------------------------------------------------
+    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        inner = self._breaker._wrap_sync(fn, scope)
+        now = self._clock.now
+        tripped = self._tripped
+
+        def shared_breaker_sync(*args: Any, **kwargs: Any) -> Any:
+            t = now()
+            if t < self._open_until:
+                raise self._reject(scope, t)
+            try:
+                return inner(*args, **kwargs)
+            except Exception:
+                tripped()
+                raise
+
+        return shared_breaker_sync
+
+    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        inner = self._breaker._wrap_async(fn, scope)
+        now = self._clock.now
+        tripped = self._tripped
+
+        async def shared_breaker_async(*args: Any, **kwargs: Any) -> Any:
+            t = now()
+            if t < self._open_until:
+                raise self._reject(scope, t)
+            try:
+                return await inner(*args, **kwargs)
+            except Exception:
+                tripped()
+                raise
+
+        return shared_breaker_async
+
+
+def _report_lost(scope: Scope, now: float, to_state: str, exc: BaseException) -> None:
+    logger.warning(
+        "resilience: %s/%s cannot reach Redis (%r); deciding locally until it answers again",
+        scope.policy,
+        scope.strategy,
+        exc,
+    )
+    if EVENTS.wants(scope.policy):
+        EVENTS.publish(
+            SharedStateLost(
+                policy=scope.policy,
+                strategy=scope.strategy,
+                time=now,
+                from_state="shared",
+                to_state=to_state,
+                error=type(exc).__name__,
+            )
+        )
+
+
+def _report_restored(scope: Scope, now: float, from_state: str, outage: float) -> None:
+    logger.warning(
+        "resilience: %s/%s reaches Redis again after %.3f s; the state is shared again",
+        scope.policy,
+        scope.strategy,
+        outage,
+    )
+    if EVENTS.wants(scope.policy):
+        EVENTS.publish(
+            SharedStateRestored(
+                policy=scope.policy,
+                strategy=scope.strategy,
+                time=now,
+                from_state=from_state,
+                to_state="shared",
+                outage=outage,
+            )
+        )
