@@ -157,6 +157,21 @@ def test_hot_path_makes_no_round_trip(client: redis.Redis, prefix: str) -> None:
         print(f"{sent} Redis commands during {calls:,} calls ({took * 1e3:.0f} ms)")
         assert sent * 100 <= calls, "at most one round trip per 100 calls"
         assert sent <= took / 0.1 + 2, "only the polls, one per poll_interval"
+
+        # Open: rejected calls send nothing either.
+        @b
+        def failing() -> None:
+            raise OSError("down")
+
+        for _ in range(3):
+            with pytest.raises(OSError):
+                failing()
+        assert b.breaker.state.value == "open"
+        before = CountingRedis.sent
+        for _ in range(10_000):
+            with pytest.raises(CircuitOpenError):
+                work()
+        assert CountingRedis.sent - before <= 5, CountingRedis.sent - before
     finally:
         b.close()
         counting.close()

@@ -787,6 +787,8 @@ class RedisCircuitBreaker(Strategy):
                 raise self._reject(scope, t)
             try:
                 return inner(*args, **kwargs)
+            except CircuitOpenError:
+                raise  # rejected by the local breaker: nothing new to publish
             except Exception:
                 tripped()
                 raise
@@ -804,6 +806,8 @@ class RedisCircuitBreaker(Strategy):
                 raise self._reject(scope, t)
             try:
                 return await inner(*args, **kwargs)
+            except CircuitOpenError:
+                raise  # rejected by the local breaker: nothing new to publish
             except Exception:
                 tripped()
                 raise
