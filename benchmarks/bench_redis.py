@@ -8,6 +8,8 @@ run. The benchmark starts a redis-server of its own on a free loopback port (so 
 - Per call, sync and async: a bare call, the local ``RateLimiter`` and the shared
   ``RedisRateLimiter`` (limits so high that every call is admitted): the shared
   limiter's overhead is one loopback round trip running the GCRA script.
+- Per call, sync: the local ``CircuitBreaker`` and ``RedisCircuitBreaker`` around it
+  (closed): the shared breaker reads no Redis on the call path.
 - Redis commands per 1,000 admitted calls, from ``INFO commandstats`` deltas: the
   round trips (``EVALSHA``) and the commands the script runs inside Redis.
 """
@@ -29,8 +31,8 @@ from typing import Any
 import redis
 import redis.asyncio
 
-from resilience import RateLimiter
-from resilience.redis import RedisRateLimiter
+from resilience import CircuitBreaker, RateLimiter
+from resilience.redis import RedisCircuitBreaker, RedisRateLimiter
 
 from ._timing import ans_per_call, ns_per_call, print_table
 
@@ -128,6 +130,29 @@ def bench_async(url: str, prefix: str) -> list[tuple[str, float]]:
     ]
 
 
+def bench_breaker(url: str, prefix: str) -> list[tuple[str, float]]:
+    def work() -> int:
+        return 1
+
+    client = redis.Redis.from_url(url)
+    shared = RedisCircuitBreaker(CircuitBreaker(), client, key="bench-breaker", prefix=prefix)
+    try:
+        return [
+            ("bare call", ns_per_call(work, number=NUMBER, repeat=REPEAT)),
+            (
+                "CircuitBreaker (local), decorator",
+                ns_per_call(CircuitBreaker()(work), number=NUMBER, repeat=REPEAT),
+            ),
+            (
+                "RedisCircuitBreaker, decorator",
+                ns_per_call(shared(work), number=NUMBER, repeat=REPEAT),
+            ),
+        ]
+    finally:
+        shared.close()
+        client.close()
+
+
 def commands_per_1000(url: str, prefix: str) -> dict[str, int]:
     """``INFO commandstats`` deltas over 1,000 admitted calls (after one warm-up call)."""
     client = redis.Redis.from_url(url)
@@ -164,6 +189,13 @@ def main() -> None:
             async_rows,
             baseline="RateLimiter (local), decorator",
             floor="bare await",
+        )
+        breaker_rows = bench_breaker(url, prefix)
+        print_table(
+            "Shared circuit breaker, sync (no round trip per call)",
+            breaker_rows,
+            baseline="CircuitBreaker (local), decorator",
+            floor="bare call",
         )
         counts = commands_per_1000(url, prefix)
         print("\n## Redis commands per 1,000 calls (INFO commandstats deltas)\n")

@@ -746,7 +746,12 @@ class RedisCircuitBreaker(Strategy):
             # Redis keeps the time: the key's TTL is the circuit's remaining open time.
             self._client.set(self._key, b"open", px=ms)
             self._published = local_until
-        pttl = int(self._client.pttl(self._key))
+        # One round trip; a key of anything else under this name is not an open circuit.
+        pipe: Any = self._client.pipeline(transaction=False)
+        pipe.get(self._key)
+        pipe.pttl(self._key)
+        value, pttl = pipe.execute()
+        pttl = int(pttl) if value in (b"open", "open") else 0
         self._open_until = now + pttl / 1000.0 if pttl > 0 else 0.0
 
     def _tripped(self) -> None:
