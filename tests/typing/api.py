@@ -6,6 +6,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import httpx
+import redis
 import requests
 from starlette.applications import Starlette
 from typing_extensions import assert_type
@@ -30,6 +31,7 @@ from resilience import (
 from resilience.asgi import ResilienceMiddleware
 from resilience.httpx import AsyncResilientTransport, HTTPOptions, ResilientTransport
 from resilience.idempotency import MemoryStore
+from resilience.redis import RedisRateLimiter
 from resilience.requests import ResilientAdapter, resend_count
 from resilience.wsgi import ResilienceMiddleware as WSGIResilienceMiddleware
 
@@ -191,3 +193,22 @@ def check_server() -> None:
 
     assert_type(web({}, start_response), Iterable[bytes])
     del shared
+
+
+# -- shared state on Redis ------------------------------------------------------------------------
+
+
+def check_redis_rate_limiter(client: redis.Redis) -> None:
+    shared = RedisRateLimiter(client, 100, burst=10, key="partner", fleet_size=4)
+    assert_type(shared.try_acquire(), bool)
+    assert_type(shared.shared, bool)
+    assert_type(shared.key, str)
+    with shared as entered:
+        assert_type(entered, RedisRateLimiter)
+    per_tenant = Keyed(
+        lambda tenant: RedisRateLimiter(client, 5, key=f"tenant:{tenant}"),
+        key=lambda tenant: tenant,
+    )
+    assert_type(per_tenant.for_key("a"), RedisRateLimiter)
+    from_url = RedisRateLimiter.from_url("redis://localhost", 10, key="k", async_client=True)
+    assert_type(from_url, RedisRateLimiter)

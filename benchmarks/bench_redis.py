@@ -1,0 +1,214 @@
+"""The shared rate limiter on Redis: cost per call on loopback, and commands per call.
+
+Run ``python -m benchmarks.bench_redis``; ``RESILIENCE_BENCH_QUICK=1`` makes it a smoke
+run. The benchmark starts a redis-server of its own on a free loopback port (so that
+``INFO commandstats`` counts its commands alone); without the binary it uses
+127.0.0.1:6379 and its command counts include whatever else runs there.
+
+- Per call, sync and async: a bare call, the local ``RateLimiter`` and the shared
+  ``RedisRateLimiter`` (limits so high that every call is admitted): the shared
+  limiter's overhead is one loopback round trip running the GCRA script.
+- Per call, sync: the local ``CircuitBreaker`` and ``RedisCircuitBreaker`` around it
+  (closed): the shared breaker reads no Redis on the call path.
+- Redis commands per 1,000 admitted calls, from ``INFO commandstats`` deltas: the
+  round trips (``EVALSHA``) and the commands the script runs inside Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from resilience import CircuitBreaker, RateLimiter
+from resilience.redis import RedisCircuitBreaker, RedisRateLimiter
+
+from ._timing import ans_per_call, ns_per_call, print_table
+
+QUICK = os.environ.get("RESILIENCE_BENCH_QUICK", "") not in ("", "0")
+NUMBER = 200 if QUICK else 5_000
+REPEAT = 1 if QUICK else 5
+HUGE = 10**6
+
+
+@contextmanager
+def redis_url() -> Iterator[str]:
+    """A redis-server of the benchmark's own on a free port, or the shared one."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        yield "redis://127.0.0.1:6379/0"
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as workdir:
+        args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        proc = subprocess.Popen(
+            [binary, *args, "--dir", workdir],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            client = redis.Redis(port=port)
+            for _ in range(250):
+                try:
+                    client.ping()
+                    break
+                except redis.ConnectionError:
+                    time.sleep(0.02)
+            client.close()
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+def _limiter(client: Any, prefix: str) -> RedisRateLimiter:
+    return RedisRateLimiter(client, HUGE, burst=HUGE, key="bench", prefix=prefix)
+
+
+def _no_rejections(limiter: RateLimiter) -> None:
+    rejected = limiter.snapshot()["rejected"]
+    if rejected:
+        raise RuntimeError(f"the benchmark limiter refused {rejected} calls; the numbers are void")
+
+
+def bench_sync(url: str, prefix: str) -> list[tuple[str, float]]:
+    def work() -> int:
+        return 1
+
+    local = RateLimiter(HUGE, burst=HUGE)
+    client = redis.Redis.from_url(url)
+    shared = _limiter(client, prefix)
+    rows = [
+        ("bare call", ns_per_call(work, number=NUMBER, repeat=REPEAT)),
+        ("RateLimiter (local), decorator", ns_per_call(local(work), number=NUMBER, repeat=REPEAT)),
+        ("RedisRateLimiter, decorator", ns_per_call(shared(work), number=NUMBER, repeat=REPEAT)),
+    ]
+    _no_rejections(local)
+    _no_rejections(shared)
+    client.close()
+    return rows
+
+
+def bench_async(url: str, prefix: str) -> list[tuple[str, float]]:
+    async def work() -> int:
+        return 1
+
+    local = RateLimiter(HUGE, burst=HUGE)
+
+    async def shared_ns() -> float:
+        # An asyncio client belongs to one event loop: made, timed and closed in this one.
+        client = redis.asyncio.Redis.from_url(url)
+        decorated = _limiter(client, prefix)(work)
+        try:
+            await decorated()  # connects and loads the script
+            best = float("inf")
+            for _ in range(REPEAT):
+                t0 = time.perf_counter_ns()
+                for _ in range(NUMBER):
+                    await decorated()
+                best = min(best, (time.perf_counter_ns() - t0) / NUMBER)
+            return best
+        finally:
+            await client.aclose()
+
+    return [
+        ("bare await", ans_per_call(work, number=NUMBER, repeat=REPEAT)),
+        ("RateLimiter (local), decorator", ans_per_call(local(work), number=NUMBER, repeat=REPEAT)),
+        ("RedisRateLimiter, decorator", asyncio.run(shared_ns())),
+    ]
+
+
+def bench_breaker(url: str, prefix: str) -> list[tuple[str, float]]:
+    def work() -> int:
+        return 1
+
+    client = redis.Redis.from_url(url)
+    shared = RedisCircuitBreaker(CircuitBreaker(), client, key="bench-breaker", prefix=prefix)
+    try:
+        return [
+            ("bare call", ns_per_call(work, number=NUMBER, repeat=REPEAT)),
+            (
+                "CircuitBreaker (local), decorator",
+                ns_per_call(CircuitBreaker()(work), number=NUMBER, repeat=REPEAT),
+            ),
+            (
+                "RedisCircuitBreaker, decorator",
+                ns_per_call(shared(work), number=NUMBER, repeat=REPEAT),
+            ),
+        ]
+    finally:
+        shared.close()
+        client.close()
+
+
+def commands_per_1000(url: str, prefix: str) -> dict[str, int]:
+    """``INFO commandstats`` deltas over 1,000 admitted calls (after one warm-up call)."""
+    client = redis.Redis.from_url(url)
+    limiter = _limiter(client, prefix)
+    limiter.acquire()  # loads the script
+
+    def calls() -> dict[str, int]:
+        stats = client.info("commandstats")
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+    before = calls()
+    for _ in range(1_000):
+        limiter.acquire()
+    after = calls()
+    client.close()
+    delta = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
+    delta["info"] = delta.get("info", 1) - 1  # the INFO that read ``after``
+    return {k: n for k, n in sorted(delta.items()) if n}
+
+
+def main() -> None:
+    prefix = f"resilience-bench:{uuid.uuid4().hex}:"
+    with redis_url() as url:
+        sync_rows = bench_sync(url, prefix)
+        print_table(
+            "Shared rate limiter, sync (loopback)",
+            sync_rows,
+            baseline="RateLimiter (local), decorator",
+            floor="bare call",
+        )
+        async_rows = bench_async(url, prefix)
+        print_table(
+            "Shared rate limiter, async (loopback)",
+            async_rows,
+            baseline="RateLimiter (local), decorator",
+            floor="bare await",
+        )
+        breaker_rows = bench_breaker(url, prefix)
+        print_table(
+            "Shared circuit breaker, sync (no round trip per call)",
+            breaker_rows,
+            baseline="CircuitBreaker (local), decorator",
+            floor="bare call",
+        )
+        counts = commands_per_1000(url, prefix)
+        print("\n## Redis commands per 1,000 calls (INFO commandstats deltas)\n")
+        print(f"| {'command':<44} | {'calls':>10} |")
+        print(f"|{'-' * 46}|{'-' * 11}:|")
+        for name, n in counts.items():
+            print(f"| {name:<44} | {n:>10,} |")
+        client = redis.Redis.from_url(url)
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,860 @@
+"""Shared state across the replicas of a service, kept in Redis (redis-py, sync or asyncio).
+
+Parts: :class:`RedisRateLimiter` (a :class:`~resilience.RateLimiter` whose permits are
+shared by every process that names the same key) and the events
+:class:`SharedStateLost` / :class:`SharedStateRestored`.
+
+The limiter runs the local limiter's arithmetic (GCRA, time in whole microseconds
+scaled by ``rate``) inside one Lua script, atomic per key, with Redis ``TIME`` as the
+clock: no replica's clock is ever trusted. The script answers the wait in the same units
+the local :class:`~resilience.rate_limit._Gcra` uses, and the Python side turns it into
+seconds, events and errors with the very code of :class:`~resilience.RateLimiter`.
+
+Importing :mod:`resilience` never imports this module nor ``redis``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar, Literal
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from ._core.clock import SYSTEM_CLOCK, Clock
+from ._core.events import EVENTS, StateChanged
+from ._core.options import to_int, to_seconds
+from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from .circuit_breaker import CircuitBreaker, CircuitOpenError, CircuitRejected, CircuitState
+from .rate_limit import _US, RateLimited, RateLimitedError, RateLimiter
+
+__all__ = ["RedisCircuitBreaker", "RedisRateLimiter", "SharedStateLost", "SharedStateRestored"]
+
+logger = logging.getLogger("resilience")
+
+OnRedisError = Literal["fail_open", "fail_closed"]
+
+# KEYS[1]: the limiter's hash {b: base seconds, t: tat in units since base, r: rate}.
+# ARGV: rate, interval (units), tolerance (units), max wait (units, -1: no limit).
+# Answers {wait, used, seconds, microseconds}: wait 0 = admitted now, > 0 and admitted
+# when wait <= max wait (the permit is the caller's once it has slept the wait), else
+# refused; ``used`` is tat - now after the decision; the last two are Redis TIME.
+# Times are kept relative to a base second moved forward every hour, so that every
+# number stays far below 2^53 (Lua numbers are doubles) and integer arithmetic is exact.
+_TAKE = """
+local t = redis.call('TIME')
+local sec = tonumber(t[1])
+local usec = tonumber(t[2])
+local rate = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[3])
+local max_wait = tonumber(ARGV[4])
+local s = redis.call('HMGET', KEYS[1], 'b', 't', 'r')
+local base = tonumber(s[1])
+local tat
+if base == nil then
+  base = sec
+  tat = 0
+else
+  tat = tonumber(s[2])
+  local old = tonumber(s[3])
+  if old ~= rate then tat = math.floor(tat / old * rate) end
+  if sec - base > 3600 then
+    tat = tat - (sec - base) * 1000000 * rate
+    base = sec
+  end
+end
+local now = ((sec - base) * 1000000 + usec) * rate
+if tat < now then tat = now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+if wait > 0 and max_wait >= 0 and wait > max_wait then
+  return {wait, tat - now, sec, usec}
+end
+tat = tat + interval
+redis.call('HSET', KEYS[1], 'b', base, 't', tat, 'r', rate)
+-- Once tat has passed the key holds nothing a fresh key would not: let it vanish.
+redis.call('PEXPIRE', KEYS[1], math.floor((tat - now) / rate / 1000) + 1000)
+return {wait, tat - now, sec, usec}
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedStateLost(StateChanged):
+    """Redis could not be reached: the strategy runs on its local fallback (or refuses).
+
+    ``from_state="shared"``, ``to_state`` is ``"local"`` (``fail_open``) or
+    ``"closed"`` (``fail_closed``); ``error`` names the Redis error.
+    """
+
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedStateRestored(StateChanged):
+    """Redis answered again: the strategy is back on the shared state."""
+
+    outage: float
+
+
+class _Reply:
+    """One answer of the script: the wait (units), ``tat - now`` (units), Redis time (µs)."""
+
+    __slots__ = ("server_us", "used", "wait")
+
+    def __init__(self, raw: Any) -> None:
+        self.wait = int(raw[0])
+        self.used = int(raw[1])
+        self.server_us = int(raw[2]) * _US + int(raw[3])
+
+
+class _Link:
+    """Whether Redis is usable now, and when to try it again after a failure.
+
+    After an error every call goes to the fallback without touching Redis until the
+    backoff has passed; then one call (the probe) tries Redis while the others still
+    use the fallback, so an outage costs at most one command timeout per backoff.
+    """
+
+    __slots__ = (
+        "backoff",
+        "down_since",
+        "lock",
+        "max_backoff",
+        "min_backoff",
+        "probing",
+        "retry_at",
+    )
+
+    def __init__(self, min_backoff: float, max_backoff: float) -> None:
+        self.lock = threading.Lock()
+        self.min_backoff = min_backoff
+        self.max_backoff = max_backoff
+        self.backoff = min_backoff
+        self.down_since: float | None = None
+        self.retry_at = 0.0
+        self.probing = False
+
+    def may_try(self, now: float) -> bool:
+        """Whether this call may use Redis (a probe is granted to one call at a time)."""
+        if self.down_since is None:
+            return True
+        with self.lock:
+            if self.probing or now < self.retry_at:
+                return False
+            self.probing = True
+            return True
+
+    def failed(self, now: float) -> bool:
+        """Record a failure; answers whether Redis was up until now (the outage begins)."""
+        with self.lock:
+            self.probing = False
+            began = self.down_since is None
+            if began:
+                self.down_since = now
+                self.backoff = self.min_backoff
+            else:
+                self.backoff = min(self.backoff * 2.0, self.max_backoff)
+            self.retry_at = now + self.backoff
+            return began
+
+    def worked(self, now: float) -> float | None:
+        """Record a success; answers the outage's length when it just ended."""
+        if self.down_since is None:
+            return None
+        with self.lock:
+            since, self.down_since = self.down_since, None
+            self.probing = False
+            return None if since is None else now - since
+
+
+class RedisRateLimiter(RateLimiter):
+    """A :class:`~resilience.RateLimiter` whose permits are shared by every replica.
+
+    Every process that builds a limiter with the same ``prefix`` + ``key`` draws from one
+    budget of ``rate`` calls per ``period`` plus ``burst``, decided atomically in Redis.
+
+    Parameters:
+        client: a ``redis.Redis`` (sync; coroutine functions run its command in a worker
+            thread) or a ``redis.asyncio.Redis`` (coroutine functions only). Give it a
+            small ``socket_timeout`` and ``socket_connect_timeout`` and no retries
+            (``retry=Retry(NoBackoff(), 0)``): they bound how long a call can wait on a
+            sick Redis (:meth:`from_url` sets all three).
+        rate, period, burst, max_wait: as for :class:`~resilience.RateLimiter`, over the
+            whole fleet. A caller that waits reserves its permit in Redis and sleeps
+            until it is due: one round trip, first come first served across the fleet;
+            a waiter cancelled while it sleeps forfeits the permit it reserved.
+        key: the Redis key suffix naming the shared budget (a tenant id with
+            :class:`~resilience.Keyed`); default ``name``. One of the two is required.
+        prefix: prepended to ``key``; default ``"resilience:ratelimit:"``.
+        on_redis_error: ``"fail_open"`` (default) admits calls through a local
+            :class:`~resilience.RateLimiter` of ``rate / fleet_size`` while Redis is
+            unreachable; ``"fail_closed"`` rejects them with :class:`RateLimitedError`.
+        fleet_size: replicas sharing the budget, an int ``>= 1``; default 1. Sizes the
+            local fallback: ``rate`` per ``period * fleet_size``, ``burst // fleet_size``.
+        min_backoff, max_backoff: seconds between attempts to reach Redis again after a
+            failure, doubling from ``min_backoff`` (default 0.5) up to ``max_backoff``
+            (default 5).
+        name: the policy name (telemetry); ``clock``: injected time for local sleeps
+            and the fallback (tests). Timestamps of the budget are Redis ``TIME``.
+    """
+
+    __slots__ = (
+        "_client",
+        "_fallback",
+        "_fleet_size",
+        "_is_async",
+        "_key",
+        "_link",
+        "_on_error",
+        "_owned",
+        "_prefix",
+        "_script",
+        "_used",
+    )
+
+    def __init__(
+        self,
+        client: Any,
+        rate: int,
+        *,
+        period: float | timedelta = 1.0,
+        burst: int = 0,
+        max_wait: float | timedelta | None = 0.0,
+        key: str | None = None,
+        prefix: str = "resilience:ratelimit:",
+        on_redis_error: OnRedisError = "fail_open",
+        fleet_size: int = 1,
+        min_backoff: float | timedelta = 0.5,
+        max_backoff: float | timedelta = 5.0,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(
+            rate, period=period, burst=burst, max_wait=max_wait, name=name, clock=clock
+        )
+        if isinstance(client, redis.asyncio.Redis):
+            self._is_async = True
+        elif isinstance(client, redis.Redis):
+            self._is_async = False
+        else:
+            raise TypeError(f"client must be a redis.Redis or redis.asyncio.Redis, got {client!r}")
+        if key is None:
+            key = self.name
+        if not isinstance(key, str) or not key:
+            raise ValueError(
+                f"key must be a non-empty str (or give name=, the default key), got {key!r}"
+            )
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
+        if on_redis_error not in ("fail_open", "fail_closed"):
+            raise ValueError(
+                f"on_redis_error must be 'fail_open' or 'fail_closed', got {on_redis_error!r}"
+            )
+        self._fleet_size = to_int("fleet_size", fleet_size, minimum=1)
+        low = to_seconds("min_backoff", min_backoff, exclusive_minimum=True)
+        high = to_seconds("max_backoff", max_backoff, minimum=low)
+        self._key = prefix + key
+        self._prefix = prefix
+        self._on_error: OnRedisError = on_redis_error
+        self._client = client
+        self._owned = False
+        self._script = client.register_script(_TAKE)
+        self._link = _Link(low, high)
+        self._used = 0
+        n = self._fleet_size
+        self._fallback = RateLimiter(
+            self._rate,
+            period=self._period * n,
+            burst=self._burst // n,
+            max_wait=self._max_wait,
+            name=name,
+            clock=clock,
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        rate: int,
+        *,
+        async_client: bool = False,
+        timeout: float = 0.05,
+        **options: Any,
+    ) -> RedisRateLimiter:
+        """A limiter with its own client for ``url``, connect and command timeouts ``timeout``.
+
+        ``options`` are the keyword arguments of the constructor. :meth:`close` /
+        :meth:`aclose` close the client.
+        """
+        timeout = to_seconds("timeout", timeout, exclusive_minimum=True)
+        # No retries inside redis-py: one failed command must cost one timeout at most;
+        # the limiter's own backoff decides when to try Redis again.
+        if async_client:
+            client: Any = redis.asyncio.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=AsyncRetry(NoBackoff(), 0),
+            )
+        else:
+            client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        limiter = cls(client, rate, **options)
+        limiter._owned = True
+        return limiter
+
+    def close(self) -> None:
+        """Close the client if this limiter made it (:meth:`from_url`)."""
+        if self._owned and not self._is_async:
+            self._client.close()
+
+    async def aclose(self) -> None:
+        """Close the client if this limiter made it (:meth:`from_url`)."""
+        if self._owned:
+            if self._is_async:
+                await self._client.aclose()
+            else:
+                self._client.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisRateLimiter({self._rate}, period={self._period:g}, key={self._key!r}"
+            + (f", burst={self._burst}" if self._burst else "")
+            + f", on_redis_error={self._on_error!r}, fleet_size={self._fleet_size}"
+            + (f", name={self.name!r}" if self.name else "")
+            + ")"
+        )
+
+    # -- configuration and live state -------------------------------------------------------
+    @property
+    def key(self) -> str:
+        """The Redis key holding the shared budget (``prefix + key``)."""
+        return self._key
+
+    @property
+    def fleet_size(self) -> int:
+        """Replicas the local fallback assumes share the budget."""
+        return self._fleet_size
+
+    @property
+    def shared(self) -> bool:
+        """Whether the last attempt to reach Redis worked."""
+        return self._link.down_since is None
+
+    @property
+    def available(self) -> float:
+        """Permits available at the last decision (no round trip); the fallback's in an outage."""
+        if not self.shared:
+            return self._fallback.available
+        free = self._gcra.tolerance + self._gcra.interval - self._used
+        return free / self._gcra.interval if free > 0 else 0.0
+
+    def snapshot(self) -> dict[str, Any]:
+        """The local limiter's keys (``available`` as of the last decision), plus ``shared``,
+        ``key`` and ``fleet_size``. Reads no Redis."""
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "rate": self._rate,
+            "period": self._period,
+            "burst": self._burst,
+            "available": self.available,
+            "rejected": self._gcra.rejected + self._fallback._gcra.rejected,
+            "shared": self.shared,
+            "key": self._key,
+            "fleet_size": self._fleet_size,
+        }
+
+    # -- shared decisions -----------------------------------------------------------------
+    def _args(self, budget: float | None) -> tuple[int, int, int, int]:
+        g = self._gcra
+        limit = -1 if budget is None else math.floor(budget * _US) * g.rate
+        return (g.rate, g.interval, g.tolerance, limit)
+
+    def _lost(self, scope: Scope, exc: BaseException) -> None:
+        if not self._link.failed(self._clock.now()):
+            return
+        to_state = "local" if self._on_error == "fail_open" else "closed"
+        logger.warning(
+            "resilience: %s/%s cannot reach Redis (%r); %s until it answers again",
+            scope.policy,
+            scope.strategy,
+            exc,
+            "limiting locally at rate/fleet_size" if to_state == "local" else "rejecting calls",
+        )
+        if EVENTS.wants(scope.policy):
+            EVENTS.publish(
+                SharedStateLost(
+                    policy=scope.policy,
+                    strategy=scope.strategy,
+                    time=self._clock.now(),
+                    from_state="shared",
+                    to_state=to_state,
+                    error=type(exc).__name__,
+                )
+            )
+
+    def _restored(self, scope: Scope) -> None:
+        now = self._clock.now()
+        outage = self._link.worked(now)
+        if outage is None:
+            return
+        logger.warning(
+            "resilience: %s/%s reaches Redis again after %.3f s; limiting is shared again",
+            scope.policy,
+            scope.strategy,
+            outage,
+        )
+        if EVENTS.wants(scope.policy):
+            EVENTS.publish(
+                SharedStateRestored(
+                    policy=scope.policy,
+                    strategy=scope.strategy,
+                    time=now,
+                    from_state="local" if self._on_error == "fail_open" else "closed",
+                    to_state="shared",
+                    outage=outage,
+                )
+            )
+
+    def _unavailable(self, scope: Scope) -> RateLimitedError:
+        retry_after = max(self._link.retry_at - self._clock.now(), 1e-6)
+        self._gcra.rejected += 1
+        if EVENTS.wants(scope.policy):
+            EVENTS.publish(
+                RateLimited(
+                    policy=scope.policy,
+                    strategy=scope.strategy,
+                    time=self._clock.now(),
+                    reason="redis_unavailable",
+                    retry_after=retry_after,
+                )
+            )
+        return RateLimitedError(
+            f"{scope.policy}/{scope.strategy}: the shared rate limit cannot be checked "
+            "(Redis is unreachable and on_redis_error='fail_closed')",
+            policy=scope.policy,
+            retry_after=retry_after,
+        )
+
+    def _decide(self, scope: Scope, reply: _Reply, budget: float | None) -> float:
+        """Seconds to sleep until the reserved permit is due (0: admitted now), or raise."""
+        self._used = reply.used
+        g = self._gcra
+        if reply.wait == 0:
+            return 0.0
+        seconds = g.seconds(reply.wait)
+        if budget is not None and (budget == 0.0 or seconds > budget):
+            g.rejected += 1
+            raise self._refuse(scope, seconds, budget)
+        return seconds
+
+    def _take_sync(self, budget: float | None) -> _Reply:
+        """One round trip: the script's answer (raises redis errors)."""
+        return _Reply(self._script(keys=[self._key], args=self._args(budget)))
+
+    async def _take_async(self, budget: float | None) -> _Reply:
+        if self._is_async:
+            return _Reply(await self._script(keys=[self._key], args=self._args(budget)))
+        return await asyncio.to_thread(self._take_sync, budget)
+
+    # -- sync driver ------------------------------------------------------------------------
+    def _check_sync(self, fn: AnyCallable) -> None:
+        if self._is_async:
+            raise TypeError(
+                f"RedisRateLimiter with a redis.asyncio client cannot limit the sync function "
+                f"{getattr(fn, '__qualname__', fn)!r}: give it a redis.Redis client"
+            )
+
+    def _acquire_sync(self, scope: Scope) -> None:
+        if self._is_async:
+            raise TypeError("acquire() needs a redis.Redis client; use aacquire()")
+        clock = self._clock
+        start = clock.now()
+        budget = self._wait_budget()
+        if self._link.may_try(start):
+            try:
+                reply = self._take_sync(budget)
+            except RedisError as exc:
+                self._lost(scope, exc)
+            except BaseException:
+                self._link.probing = False
+                raise
+            else:
+                self._restored(scope)
+                seconds = self._decide(scope, reply, budget)
+                if seconds > 0.0:
+                    clock.sleep(seconds)  # the permit is reserved: it is ours once due
+                    self._waited(scope, start)
+                return
+        if self._on_error == "fail_closed":
+            raise self._unavailable(scope)
+        self._fallback._acquire_sync(scope)
+
+    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        acquire = self._acquire_sync
+
+        def redis_rate_limited_sync(*args: Any, **kwargs: Any) -> Any:
+            acquire(scope)
+            return fn(*args, **kwargs)
+
+        return redis_rate_limited_sync
+
+    # -- async driver -----------------------------------------------------------------------
+    async def _acquire_async(self, scope: Scope) -> None:
+        clock = self._clock
+        start = clock.now()
+        budget = self._wait_budget()
+        if self._link.may_try(start):
+            try:
+                reply = await self._take_async(budget)
+            except RedisError as exc:
+                self._lost(scope, exc)
+            except BaseException:
+                # Cancelled mid round trip: a probe must not stay granted for ever.
+                self._link.probing = False
+                raise
+            else:
+                self._restored(scope)
+                seconds = self._decide(scope, reply, budget)
+                if seconds > 0.0:
+                    await clock.asleep(seconds)
+                    self._waited(scope, start)
+                return
+        if self._on_error == "fail_closed":
+            raise self._unavailable(scope)
+        await self._fallback._acquire_async(scope)
+
+    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        acquire = self._acquire_async
+
+        async def redis_rate_limited_async(*args: Any, **kwargs: Any) -> Any:
+            await acquire(scope)
+            return await fn(*args, **kwargs)
+
+        return redis_rate_limited_async
+
+    # -- direct use ---------------------------------------------------------------------------
+    def try_acquire(self) -> bool:
+        """Take a permit if one is available now; never waits, raises nothing (sync client)."""
+        scope = self._cm_scope
+        try:
+            self._acquire_sync_now(scope)
+        except RateLimitedError:
+            return False
+        return True
+
+    def _acquire_sync_now(self, scope: Scope) -> None:
+        if self._is_async:
+            raise TypeError("try_acquire() needs a redis.Redis client")
+        now = self._clock.now()
+        if self._link.may_try(now):
+            try:
+                reply = self._take_sync(0.0)
+            except RedisError as exc:
+                self._lost(scope, exc)
+            else:
+                self._restored(scope)
+                self._used = reply.used
+                if reply.wait > 0:
+                    self._gcra.rejected += 1
+                    raise RateLimitedError("", retry_after=self._gcra.seconds(reply.wait))
+                return
+        if self._on_error == "fail_closed":
+            self._gcra.rejected += 1
+            raise RateLimitedError("", retry_after=1e-6)
+        if not self._fallback.try_acquire():
+            raise RateLimitedError("", retry_after=1e-6)
+
+    def __enter__(self) -> RedisRateLimiter:
+        self._acquire_sync(self._cm_scope)
+        return self
+
+    async def __aenter__(self) -> RedisRateLimiter:
+        await self._acquire_async(self._cm_scope)
+        return self
+
+
+# -- the shared trip of a circuit breaker ---------------------------------------------------------
+
+
+class RedisCircuitBreaker(Strategy):
+    """A local :class:`~resilience.CircuitBreaker` whose *open* state is shared by the fleet.
+
+    Each replica decides locally, with no Redis round trip per call: from its own breaker
+    and from the last known shared state. When the local breaker trips, a background
+    thread writes ``prefix + key`` with the breaker's open time as its TTL (``SET PX``);
+    every replica polls the key's remaining TTL every ``poll_interval`` and rejects with
+    :class:`~resilience.CircuitOpenError` until it has passed. A replica started later
+    reads the key before its first poll interval ends, so a restart resets nothing.
+
+    Parameters:
+        breaker: the local :class:`~resilience.CircuitBreaker` (its options decide
+            when to trip, how long to stay open, and its half-open probes).
+        client: a ``redis.Redis`` used only by the background thread (give it short
+            timeouts, as for :class:`RedisRateLimiter`).
+        key: the Redis key suffix naming the shared circuit; default ``name`` or the
+            breaker's name. Different keys never interact.
+        prefix: default ``"resilience:breaker:"``.
+        poll_interval: seconds between two reads of the shared state, ``> 0`` and
+            ``<= 1``; default 0.25: every replica rejects within about that long after
+            one trips.
+        min_backoff, max_backoff: seconds between attempts to reach Redis after a
+            failure (default 0.5 and 5); meanwhile the local breaker alone decides.
+        name: the policy name when used alone; ``clock``: injected time (tests).
+
+    Call :meth:`close` to stop the background thread.
+    """
+
+    kind: ClassVar[str] = "circuit_breaker"
+    __slots__ = (
+        "_breaker",
+        "_client",
+        "_clock",
+        "_key",
+        "_link",
+        "_lock",
+        "_open_until",
+        "_poll",
+        "_published",
+        "_stop",
+        "_thread",
+        "_wake",
+    )
+
+    def __init__(
+        self,
+        breaker: CircuitBreaker,
+        client: Any,
+        *,
+        key: str | None = None,
+        prefix: str = "resilience:breaker:",
+        poll_interval: float | timedelta = 0.25,
+        min_backoff: float | timedelta = 0.5,
+        max_backoff: float | timedelta = 5.0,
+        name: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(name=name)
+        if not isinstance(breaker, CircuitBreaker):
+            raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
+        if not isinstance(client, redis.Redis):
+            raise TypeError(f"client must be a redis.Redis, got {client!r}")
+        if key is None:
+            key = self.name or breaker.name
+        if not isinstance(key, str) or not key:
+            raise ValueError(
+                f"key must be a non-empty str (or give name=, the default key), got {key!r}"
+            )
+        if not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str, got {prefix!r}")
+        self._poll = to_seconds("poll_interval", poll_interval, exclusive_minimum=True, maximum=1.0)
+        low = to_seconds("min_backoff", min_backoff, exclusive_minimum=True)
+        high = to_seconds("max_backoff", max_backoff, minimum=low)
+        if clock is not None and not isinstance(clock, Clock):
+            raise TypeError(f"clock must be a Clock, got {clock!r}")
+        self._clock = clock or SYSTEM_CLOCK
+        self._breaker = breaker
+        self._client = client
+        self._key = prefix + key
+        self._link = _Link(low, high)
+        self._lock = threading.Lock()
+        self._open_until = 0.0  # local clock; 0: the shared circuit is not open
+        self._published = 0.0  # local open_until last written to Redis
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"resilience-breaker-sync:{key}", daemon=True
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"RedisCircuitBreaker({self._breaker!r}, key={self._key!r})"
+
+    @property
+    def key(self) -> str:
+        """The Redis key of the shared circuit."""
+        return self._key
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The local breaker."""
+        return self._breaker
+
+    @property
+    def shared_open(self) -> bool:
+        """Whether the last known shared state says the circuit is open."""
+        return self._clock.now() < self._open_until
+
+    @property
+    def shared(self) -> bool:
+        """Whether the last attempt to reach Redis worked."""
+        return self._link.down_since is None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The local breaker's snapshot plus ``shared``, ``shared_open`` and ``key``."""
+        snap = self._breaker.snapshot()
+        snap.update(shared=self.shared, shared_open=self.shared_open, key=self._key)
+        return snap
+
+    def close(self) -> None:
+        """Stop the background thread (the shared state stays in Redis)."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout=5.0)
+
+    # -- the background thread ------------------------------------------------------------------
+    def _run(self) -> None:
+        scope = Scope(self.name or self._key, self.kind)
+        while not self._stop.is_set():
+            now = self._clock.now()
+            if self._link.may_try(now):
+                try:
+                    self._sync_once(now)
+                except RedisError as exc:
+                    self._open_until = 0.0  # an outage: the local breaker alone decides
+                    if self._link.failed(now):
+                        _report_lost(scope, self._clock.now(), "local", exc)
+                else:
+                    outage = self._link.worked(self._clock.now())
+                    if outage is not None:
+                        _report_restored(scope, self._clock.now(), "local", outage)
+            self._wake.wait(self._poll)
+            self._wake.clear()
+
+    def _sync_once(self, now: float) -> None:
+        """Publish a local trip not yet published, then read the shared open time."""
+        snap = self._breaker.snapshot()
+        left = snap.get("open_until")
+        local_until = now + left if snap.get("state") == "open" and left else 0.0
+        if local_until > self._published + 1e-3 and local_until > self._open_until:
+            ms = max(1, int((local_until - now) * 1000))
+            # Redis keeps the time: the key's TTL is the circuit's remaining open time.
+            self._client.set(self._key, b"open", px=ms)
+            self._published = local_until
+        # One round trip; a key of anything else under this name is not an open circuit.
+        pipe: Any = self._client.pipeline(transaction=False)
+        pipe.get(self._key)
+        pipe.pttl(self._key)
+        value, pttl = pipe.execute()
+        pttl = int(pttl) if value in (b"open", "open") else 0
+        self._open_until = now + pttl / 1000.0 if pttl > 0 else 0.0
+
+    def _tripped(self) -> None:
+        """After a failed call: wake the thread at once if the local breaker just opened."""
+        if self._breaker.state is CircuitState.OPEN:
+            self._wake.set()
+
+    def _reject(self, scope: Scope, now: float) -> CircuitOpenError:
+        retry_after = self._open_until - now
+        if EVENTS.wants(scope.policy):
+            EVENTS.publish(
+                CircuitRejected(
+                    policy=scope.policy,
+                    strategy=scope.strategy,
+                    time=now,
+                    reason="circuit_open",
+                    retry_after=retry_after,
+                    state="open",
+                )
+            )
+        return CircuitOpenError(
+            f"{scope.policy}/{scope.strategy}: the shared circuit {self._key!r} is open; "
+            f"next probe in {retry_after:.3f} s",
+            policy=scope.policy,
+            state=CircuitState.OPEN,
+            retry_after=retry_after,
+        )
+
+    # -- drivers ----------------------------------------------------------------------------------
+    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        inner = self._breaker._wrap_sync(fn, scope)
+        now = self._clock.now
+        tripped = self._tripped
+
+        def shared_breaker_sync(*args: Any, **kwargs: Any) -> Any:
+            t = now()
+            if t < self._open_until:
+                raise self._reject(scope, t)
+            try:
+                return inner(*args, **kwargs)
+            except CircuitOpenError:
+                raise  # rejected by the local breaker: nothing new to publish
+            except Exception:
+                tripped()
+                raise
+
+        return shared_breaker_sync
+
+    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        inner = self._breaker._wrap_async(fn, scope)
+        now = self._clock.now
+        tripped = self._tripped
+
+        async def shared_breaker_async(*args: Any, **kwargs: Any) -> Any:
+            t = now()
+            if t < self._open_until:
+                raise self._reject(scope, t)
+            try:
+                return await inner(*args, **kwargs)
+            except CircuitOpenError:
+                raise  # rejected by the local breaker: nothing new to publish
+            except Exception:
+                tripped()
+                raise
+
+        return shared_breaker_async
+
+
+def _report_lost(scope: Scope, now: float, to_state: str, exc: BaseException) -> None:
+    logger.warning(
+        "resilience: %s/%s cannot reach Redis (%r); deciding locally until it answers again",
+        scope.policy,
+        scope.strategy,
+        exc,
+    )
+    if EVENTS.wants(scope.policy):
+        EVENTS.publish(
+            SharedStateLost(
+                policy=scope.policy,
+                strategy=scope.strategy,
+                time=now,
+                from_state="shared",
+                to_state=to_state,
+                error=type(exc).__name__,
+            )
+        )
+
+
+def _report_restored(scope: Scope, now: float, from_state: str, outage: float) -> None:
+    logger.warning(
+        "resilience: %s/%s reaches Redis again after %.3f s; the state is shared again",
+        scope.policy,
+        scope.strategy,
+        outage,
+    )
+    if EVENTS.wants(scope.policy):
+        EVENTS.publish(
+            SharedStateRestored(
+                policy=scope.policy,
+                strategy=scope.strategy,
+                time=now,
+                from_state=from_state,
+                to_state="shared",
+                outage=outage,
+            )
+        )
