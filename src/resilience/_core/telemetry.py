@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from .clock import SYSTEM_CLOCK, Clock, monotonic_ns
+from .clock import SYSTEM_CLOCK, Clock, SystemClock, monotonic_ns
 from .errors import RejectedError
 from .outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
 
@@ -36,10 +36,14 @@ if TYPE_CHECKING:
 __all__ = [
     "CALL_OUTCOMES",
     "CallObserver",
+    "NEVER",
     "POLICIES",
     "STATS",
     "TELEMETRY",
+    "PolicyGate",
     "PolicyStats",
+    "unobserved",
+    "unrecorded",
     "error_type",
     "instrument",
 ]
@@ -259,38 +263,147 @@ def _classify_result(classifier: Classifier, result: Any) -> int:
 
 
 def instrument(
-    strategy: Strategy, wrapped: AnyCallable, scope: Scope, *, is_async: bool
+    strategy: Strategy, fn: Callable[..., Any], scope: Scope, *, is_async: bool, fuse: bool = True
 ) -> AnyCallable:
-    """Register ``strategy`` under ``scope.policy``; put the policy wrapper around ``wrapped``."""
+    """Register ``strategy`` under ``scope.policy``; the decorated form of ``fn``.
+
+    With ``fuse`` the outermost strategy is asked to build its closure with the policy's
+    gate in it (:meth:`Strategy._wrap_sync_policy`); without, the strategy's closure is
+    put inside the separate policy wrapper. ``fn`` itself comes back when the strategy
+    has nothing to do (an empty pipeline).
+    """
     POLICIES.add(scope.policy, strategy)
-    stats = STATS.get(scope.policy, scope.strategy)
-    classifier: Classifier = (
-        _find(strategy, ("classifier", "_classifier"), Classifier) or DEFAULT_CLASSIFIER
-    )
-    # Durations use the first injected clock (a FakeClock in tests), else the system's.
-    clock: Clock = _find(strategy, ("clock", "_clock"), Clock, SYSTEM_CLOCK) or SYSTEM_CLOCK
-    if is_async:
-        wrapper = _async_wrapper(wrapped, scope, stats, classifier, monotonic_ns(clock))
+    gate = PolicyGate(strategy, scope)
+    if fuse:
+        if is_async:
+            wrapper = strategy._wrap_async_policy(fn, scope, gate)
+        else:
+            wrapper = strategy._wrap_sync_policy(fn, scope, gate)
+        if wrapper is fn:
+            return fn
+    elif is_async:
+        wrapper = gate.wrap_async(strategy._wrap_async(fn, scope))
     else:
-        wrapper = _sync_wrapper(wrapped, scope, stats, classifier, monotonic_ns(clock))
+        wrapper = gate.wrap_sync(strategy._wrap_sync(fn, scope))
     # The decorated function keeps its policy alive (``@Pipeline(...)`` inline has no
     # other owner), so the registry's weak entry lives exactly as long as the function.
     wrapper.__resilience_policy__ = strategy  # type: ignore[attr-defined]
     return wrapper
 
 
-def _sync_wrapper(
+NEVER: Final = _Telemetry()
+"""A switch that is never turned on: what every closure that is not a policy's outermost
+one reads, so that one closure body serves both."""
+
+
+def unobserved(args: Any, kwargs: Any) -> Any:
+    """The ``observed`` of a closure built with :data:`NEVER`: never called."""
+    raise AssertionError("a closure built with the NEVER switch was observed")
+
+
+def unrecorded(mode: int, error: BaseException, start: float) -> None:
+    """The ``failed`` of a closure that does not time calls itself: never called."""
+    raise AssertionError("a closure that does not record calls recorded one")
+
+
+class PolicyGate:
+    """The telemetry of one decorated function, handed to its outermost strategy.
+
+    A strategy either leaves it to :meth:`wrap_sync` / :meth:`wrap_async` (a separate
+    wrapper frame: one flag check per call while telemetry is off), or fuses it into its
+    own closure, which then starts with::
+
+        if switch.mode:                 # switch is TELEMETRY here, NEVER further in
+            return observed(args, kwargs)
+
+    where ``observed = gate.observe_sync(plain)`` and ``plain`` is the same closure built
+    with the :data:`NEVER` switch. While telemetry is off that costs one attribute read
+    and no frame; once on, ``observed`` runs ``plain`` counted, timed and traced.
+
+    Durations use the first injected clock of the policy (a FakeClock in tests), else
+    the system's; a strategy that reads the system clock anyway can share its reads
+    (:meth:`shares`).
+    """
+
+    __slots__ = ("_stats", "by_result", "classifier", "clock", "now_ns", "scope", "switch")
+
+    def __init__(self, strategy: Strategy, scope: Scope) -> None:
+        self.scope = scope
+        self._stats: PolicyStats | None = None
+        classifier: Classifier = (
+            _find(strategy, ("classifier", "_classifier"), Classifier) or DEFAULT_CLASSIFIER
+        )
+        self.classifier = classifier
+        self.by_result = classifier.result is not None
+        self.clock: Clock = (
+            _find(strategy, ("clock", "_clock"), Clock, SYSTEM_CLOCK) or SYSTEM_CLOCK
+        )
+        self.now_ns = monotonic_ns(self.clock)
+        self.switch = TELEMETRY
+
+    @property
+    def stats(self) -> PolicyStats:
+        """The policy's counters (created on first use: a policy that turns out to have
+        nothing to wrap, an empty pipeline, gets none)."""
+        if self._stats is None:
+            self._stats = STATS.get(self.scope.policy, self.scope.strategy)
+        return self._stats
+
+    def shares(self, clock: Clock) -> bool:
+        """Whether a strategy reading ``clock`` may time the policy's calls with its own
+        reads: both it and the policy's durations are the system clock.
+
+        Such a strategy records a success inline, as :meth:`PolicyStats.record` does,
+        into :attr:`succeeded` (``n = int((end - start) * 1e9)``: ``bit_length`` slot
+        and sum), or counts it in the ``UNTIMED`` slot without ``TIME`` in the mode, and
+        hands the call's exception to :meth:`failed`. Only the system clock is shared:
+        an injected clock keeps the exact durations of the separate reads.
+        """
+        return type(clock) is SystemClock and type(self.clock) is SystemClock
+
+    @property
+    def succeeded(self) -> list[int]:
+        """The success histogram, for a strategy that records inline (see :meth:`shares`)."""
+        return self.stats.hist[SUCCESS]
+
+    def failed(self, mode: int, error: BaseException, start: float) -> None:
+        """Record ``error`` ending a call that started at ``start`` (seconds on the shared
+        system clock) under ``mode``."""
+        outcome = _classify_error(self.classifier, error)
+        if mode & TIME:
+            self.stats.record(outcome, int((self.clock.now() - start) * 1e9))
+        else:
+            self.stats.count(outcome)
+
+    def observe_sync(self, plain: AnyCallable) -> Callable[[Any, Any], Any]:
+        """``observed(args, kwargs)``: ``plain(*args, **kwargs)`` under telemetry."""
+        return _sync_observer(plain, self.scope, self.stats, self.classifier, self.now_ns)
+
+    def observe_async(self, plain: AsyncCallable) -> Callable[[Any, Any], Any]:
+        """The async twin of :meth:`observe_sync` (``await observed(args, kwargs)``)."""
+        return _async_observer(plain, self.scope, self.stats, self.classifier, self.now_ns)
+
+    def wrap_sync(self, plain: AnyCallable) -> AnyCallable:
+        """The separate policy wrapper around ``plain``."""
+        return _sync_wrapper(plain, self.scope, self.stats, self.classifier, self.now_ns)
+
+    def wrap_async(self, plain: AsyncCallable) -> AsyncCallable:
+        """The separate policy wrapper around the coroutine function ``plain``."""
+        return _async_wrapper(plain, self.scope, self.stats, self.classifier, self.now_ns)
+
+
+def _sync_observer(
     inner: AnyCallable,
     scope: Scope,
     stats: PolicyStats,
     classifier: Classifier,
     now_ns: Callable[[], int],
-) -> AnyCallable:
+) -> Callable[[Any, Any], Any]:
     gate = TELEMETRY
     succ = stats.hist[SUCCESS]
     by_result = classifier.result is not None
 
-    def observed(args: Any, kwargs: Any) -> Any:
+    def traced(args: Any, kwargs: Any) -> Any:
         observer = gate.observer
         handle = observer.begin(scope) if observer is not None else None
         mode = gate.mode
@@ -312,18 +425,10 @@ def _sync_wrapper(
         return result
 
     if by_result:
+        return traced
 
-        def policy_classified(*args: Any, **kwargs: Any) -> Any:
-            if not gate.mode:
-                return inner(*args, **kwargs)
-            return observed(args, kwargs)
-
-        return policy_classified
-
-    def policy(*args: Any, **kwargs: Any) -> Any:
+    def observed(args: Any, kwargs: Any) -> Any:
         mode = gate.mode
-        if not mode:
-            return inner(*args, **kwargs)
         if mode == COUNT_TIME:
             # Metrics with durations, inlined: two clock reads, one bucket, one sum.
             t0 = now_ns()
@@ -343,6 +448,47 @@ def _sync_wrapper(
                 stats.count(_classify_error(classifier, exc))
                 raise
             succ[UNTIMED] += 1
+            return result
+        return traced(args, kwargs)
+
+    return observed
+
+
+def _sync_wrapper(
+    inner: AnyCallable,
+    scope: Scope,
+    stats: PolicyStats,
+    classifier: Classifier,
+    now_ns: Callable[[], int],
+) -> AnyCallable:
+    gate = TELEMETRY
+    observed = _sync_observer(inner, scope, stats, classifier, now_ns)
+    succ = stats.hist[SUCCESS]
+
+    if classifier.result is not None:
+
+        def policy_classified(*args: Any, **kwargs: Any) -> Any:
+            if not gate.mode:
+                return inner(*args, **kwargs)
+            return observed(args, kwargs)
+
+        return policy_classified
+
+    def policy(*args: Any, **kwargs: Any) -> Any:
+        mode = gate.mode
+        if not mode:
+            return inner(*args, **kwargs)
+        if mode == COUNT_TIME:
+            # Metrics with durations, inlined (as in ``observed``): no frame more.
+            t0 = now_ns()
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                stats.record(_classify_error(classifier, exc), now_ns() - t0)
+                raise
+            d = now_ns() - t0
+            succ[d.bit_length()] += 1
+            succ[SUM] += d
             return result
         return observed(args, kwargs)
 
@@ -365,6 +511,24 @@ def _async_wrapper(
     classifier: Classifier,
     now_ns: Callable[[], int],
 ) -> AsyncCallable:
+    gate = TELEMETRY
+    observed = _async_observer(inner, scope, stats, classifier, now_ns)
+
+    async def policy(*args: Any, **kwargs: Any) -> Any:
+        if not gate.mode:
+            return await inner(*args, **kwargs)
+        return await observed(args, kwargs)
+
+    return policy
+
+
+def _async_observer(
+    inner: AsyncCallable,
+    scope: Scope,
+    stats: PolicyStats,
+    classifier: Classifier,
+    now_ns: Callable[[], int],
+) -> Callable[[Any, Any], Any]:
     gate = TELEMETRY
     by_result = classifier.result is not None
 
@@ -389,9 +553,4 @@ def _async_wrapper(
             observer.end(handle, CALL_OUTCOMES[outcome], None)
         return result
 
-    async def policy(*args: Any, **kwargs: Any) -> Any:
-        if not gate.mode:
-            return await inner(*args, **kwargs)
-        return await observed(args, kwargs)
-
-    return policy
+    return observed
