@@ -29,6 +29,7 @@ from ._core.events import EVENTS, Event, Severity
 from ._core.options import exception_matcher, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.telemetry import NEVER, PolicyGate, unobserved
 from .backoff import AttemptInfo, Backoff, Schedule
 
 __all__ = [
@@ -375,10 +376,31 @@ class Retry(Strategy):
         return delay, hint is not None
 
     # -- drivers ----------------------------------------------------------------------------
+    # As a policy's outermost strategy, a driver's closure carries the policy's gate
+    # (see PolicyGate): ``observed`` is the same closure built without it.
     def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        return self._sync_driver(fn, scope, None)
+
+    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
+        return self._sync_driver(fn, scope, gate)
+
+    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        return self._async_driver(fn, scope, None)
+
+    def _wrap_async_policy(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
+    ) -> AsyncCallable:
+        return self._async_driver(fn, scope, gate)
+
+    def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
         on_result = self._on_result
         clock = self._clock
         retry = self
+        switch = NEVER
+        observed: Callable[[Any, Any], Any] = unobserved
+        if gate is not None:
+            switch = gate.switch
+            observed = gate.observe_sync(self._sync_driver(fn, scope, None))
 
         def again(args: Any, kwargs: Any, call: _RetryCall, error: Any, result: Any) -> Any:
             while True:
@@ -400,6 +422,8 @@ class Retry(Strategy):
         if on_result is None and self._budget is None and self._total is None:
             # The hot path: one try around the call, nothing else until it fails.
             def retry_fast(*args: Any, **kwargs: Any) -> Any:
+                if switch.mode:
+                    return observed(args, kwargs)
                 try:
                     return fn(*args, **kwargs)
                 except Exception as exc:
@@ -412,6 +436,8 @@ class Retry(Strategy):
         total = self._total
 
         def retry_full(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return observed(args, kwargs)
             if budget is not None:
                 budget.deposit()
             start = clock.now()
@@ -435,10 +461,17 @@ class Retry(Strategy):
 
         return retry_full
 
-    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+    def _async_driver(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None
+    ) -> AsyncCallable:
         on_result = self._on_result
         clock = self._clock
         retry = self
+        switch = NEVER
+        observed: Callable[[Any, Any], Any] = unobserved
+        if gate is not None:
+            switch = gate.switch
+            observed = gate.observe_async(self._async_driver(fn, scope, None))
 
         async def again(args: Any, kwargs: Any, call: _RetryCall, error: Any, result: Any) -> Any:
             while True:
@@ -460,6 +493,8 @@ class Retry(Strategy):
         if on_result is None and self._budget is None and self._total is None:
 
             async def retry_fast(*args: Any, **kwargs: Any) -> Any:
+                if switch.mode:
+                    return await observed(args, kwargs)
                 try:
                     return await fn(*args, **kwargs)
                 except Exception as exc:
@@ -472,6 +507,8 @@ class Retry(Strategy):
         total = self._total
 
         async def retry_full(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return await observed(args, kwargs)
             if budget is not None:
                 budget.deposit()
             start = clock.now()
