@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -35,9 +36,9 @@ from ._core.events import EVENTS, Event, Severity
 from ._core.options import to_int, to_seconds
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
 from ._core.telemetry import (
+    COUNT_TIME,
     NEVER,
     SUM,
-    TIME,
     TRACING,
     UNTIMED,
     PolicyGate,
@@ -233,6 +234,7 @@ class Timeout(Strategy):
         seconds = self.seconds
         dget, dset, dreset = DEADLINE.get, DEADLINE.set, DEADLINE.reset
         new = object.__new__
+        trunc = math.trunc
         error = self._error
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
@@ -253,7 +255,7 @@ class Timeout(Strategy):
 
         def timeout_deadline(*args: Any, **kwargs: Any) -> Any:
             mode = switch.mode
-            if mode & full:
+            if mode and mode & full:
                 return observed(args, kwargs)
             start = now()
             outer = dget()
@@ -280,8 +282,8 @@ class Timeout(Strategy):
             if (end if d.clock is clock else d.clock.now()) >= when:
                 raise timed_out(start, mode, result=result)
             if mode:
-                if mode & TIME:
-                    n = int((end - start) * 1e9)
+                if mode == COUNT_TIME:
+                    n = trunc((end - start) * 1e9)  # math.trunc: half the cost of int()
                     succ[n.bit_length()] += 1
                     succ[SUM] += n
                 else:

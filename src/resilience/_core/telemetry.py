@@ -401,12 +401,36 @@ def _sync_observer(
 ) -> Callable[[Any, Any], Any]:
     gate = TELEMETRY
     succ = stats.hist[SUCCESS]
+    # Without a result classifier, metrics alone (the common case) are served inline.
+    plain = COUNT_TIME if classifier.result is None else -1
+    counting = COUNT if classifier.result is None else -1
     by_result = classifier.result is not None
 
-    def traced(args: Any, kwargs: Any) -> Any:
+    def observed(args: Any, kwargs: Any) -> Any:
+        mode = gate.mode
+        if mode == plain:
+            # Metrics with durations: two clock reads, one bucket, one sum.
+            t0 = now_ns()
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                stats.record(_classify_error(classifier, exc), now_ns() - t0)
+                raise
+            d = now_ns() - t0
+            succ[d.bit_length()] += 1
+            succ[SUM] += d
+            return result
+        if mode == counting:
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                stats.count(_classify_error(classifier, exc))
+                raise
+            succ[UNTIMED] += 1
+            return result
+        # Tracing (with or without metrics), or a result classifier.
         observer = gate.observer
         handle = observer.begin(scope) if observer is not None else None
-        mode = gate.mode
         if handle is None and not mode & COUNT:
             return inner(*args, **kwargs)
         t0 = now_ns() if mode & TIME else 0
@@ -423,33 +447,6 @@ def _sync_observer(
         if handle is not None and observer is not None:
             observer.end(handle, CALL_OUTCOMES[outcome], None)
         return result
-
-    if by_result:
-        return traced
-
-    def observed(args: Any, kwargs: Any) -> Any:
-        mode = gate.mode
-        if mode == COUNT_TIME:
-            # Metrics with durations, inlined: two clock reads, one bucket, one sum.
-            t0 = now_ns()
-            try:
-                result = inner(*args, **kwargs)
-            except BaseException as exc:
-                stats.record(_classify_error(classifier, exc), now_ns() - t0)
-                raise
-            d = now_ns() - t0
-            succ[d.bit_length()] += 1
-            succ[SUM] += d
-            return result
-        if mode == COUNT:
-            try:
-                result = inner(*args, **kwargs)
-            except BaseException as exc:
-                stats.count(_classify_error(classifier, exc))
-                raise
-            succ[UNTIMED] += 1
-            return result
-        return traced(args, kwargs)
 
     return observed
 
