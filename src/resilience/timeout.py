@@ -258,17 +258,17 @@ class Timeout(Strategy):
             if mode and mode & full:
                 return observed(args, kwargs)
             start = now()
-            outer = dget()
-            if outer is None or outer.when - outer.clock.now() > seconds:
+            # A caller's deadline on the same clock is compared with ``start``: no more reads.
+            d = dget()
+            if d is None or d.when - (start if d.clock is clock else d.clock.now()) > seconds:
                 # Deadline.__init__ only sets these two slots; this way is ~40 ns cheaper.
                 d = new(Deadline)
                 d.when = when = start + seconds
                 d.clock = clock
             else:
-                d = outer
-                when = outer.when
-                if outer.clock.now() >= when:  # the caller's deadline has passed: no start
-                    raise timed_out(start, mode)
+                when = d.when
+                if (start if d.clock is clock else d.clock.now()) >= when:
+                    raise timed_out(start, mode)  # the caller's deadline has passed: no start
             token = dset(d)
             try:
                 result = fn(*args, **kwargs)
