@@ -14,6 +14,7 @@ import pytest
 
 from resilience import (
     CircuitBreaker,
+    CircuitOpenError,
     Classifier,
     Outcome,
     Pipeline,
@@ -362,3 +363,33 @@ async def test_async_fused_gates_count(counting: None) -> None:
     assert calls(name, "pipeline")["success"] == 1
     assert calls(name, "pipeline")["unknown_failure"] == 1
     assert timed_calls(name, "pipeline")[:3] == [1, 0, 1]
+
+
+@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
+async def test_a_fused_breaker_counts_its_rejections(durations: bool) -> None:
+    fused = CircuitBreaker(name=unique("fused_open"))
+    separate = CircuitBreaker(name=unique("separate_open"))
+
+    def work() -> int:
+        return 1
+
+    async def awork() -> int:
+        return 1
+
+    decorated, adecorated = fused(work), fused(awork)
+    fused.open()
+    separate.open()
+    TELEMETRY.acquire_metrics(durations=durations)
+    try:
+        for run in (decorated, lambda: separate.call(work)):
+            with pytest.raises(CircuitOpenError):
+                run()
+        with pytest.raises(CircuitOpenError):
+            await adecorated()
+        with pytest.raises(CircuitOpenError):
+            await separate.acall(awork)
+    finally:
+        TELEMETRY.release_metrics(durations=durations)
+    for b in (fused, separate):
+        assert calls(b.name or "", "circuit_breaker")["rejected"] == 2
+        assert timed_calls(b.name or "", "circuit_breaker")[3] == (2 if durations else 0)

@@ -38,13 +38,21 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple
 
-from ._core.clock import SYSTEM_CLOCK, Clock
+from ._core.clock import SYSTEM_CLOCK, Clock, monotonic_ns
 from ._core.errors import RejectedError
 from ._core.events import EVENTS, CallRejected, StateChanged
 from ._core.options import UNSET, Unset, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome, _check_types
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
-from ._core.telemetry import NEVER, PolicyGate, unobserved
+from ._core.telemetry import (
+    COUNT_TIME,
+    NEVER,
+    SUM,
+    UNTIMED,
+    PolicyGate,
+    unobserved,
+    unrecorded,
+)
 
 __all__ = [
     "CircuitBreaker",
@@ -1029,13 +1037,29 @@ class CircuitBreaker(Strategy):
         timed = self._timed()
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
+        now_ns = monotonic_ns(self._clock)
+        failed: Callable[[BaseException, int], None] = unrecorded
+        succ: list[int] = []
+        full = ~0  # the modes left to ``observed``: all, unless the closure times calls
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_sync(self._sync_driver(fn, scope, None))
+            now_ns = gate.now_ns
+            full, succ, failed = gate.timed()
+
+        def recorded(err: CircuitOpenError, t0: int) -> CircuitOpenError:
+            failed(err, now_ns() - t0 if t0 >= 0 else -1)
+            return err
 
         def breaker(*args: Any, **kwargs: Any) -> Any:
-            if switch.mode:
-                return observed(args, kwargs)
+            t0 = -1
+            mode = switch.mode
+            if mode:
+                if mode & full:
+                    return observed(args, kwargs)
+                # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
+                if mode == COUNT_TIME:
+                    t0 = now_ns()
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
@@ -1043,6 +1067,8 @@ class CircuitBreaker(Strategy):
                 if decision.__class__ is int:
                     permit = decision
                 elif decision[0] is None:  # type: ignore[index]
+                    if mode:
+                        raise recorded(rejected(decision, scope, start), t0)  # type: ignore[arg-type]
                     raise rejected(decision, scope, start)  # type: ignore[arg-type]
                 else:
                     permit = admitted(decision, scope)  # type: ignore[arg-type]
@@ -1055,10 +1081,21 @@ class CircuitBreaker(Strategy):
                 t = on_failure(permit, exc, end, end - start)
                 if t is not None:
                     emit(t, scope)
+                if mode:
+                    failed(exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 release(permit)  # cancelled or interrupted: a probe slot is given back
+                if mode:
+                    failed(exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
+            if mode:  # (a result classifier sends every call to ``observed``)
+                if t0 < 0:
+                    succ[UNTIMED] += 1
+                else:
+                    d = now_ns() - t0
+                    succ[d.bit_length()] += 1
+                    succ[SUM] += d
             if timed:
                 end = now()
                 if on_result is None:
@@ -1087,13 +1124,29 @@ class CircuitBreaker(Strategy):
         timed = self._timed()
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
+        now_ns = monotonic_ns(self._clock)
+        failed: Callable[[BaseException, int], None] = unrecorded
+        succ: list[int] = []
+        full = ~0  # the modes left to ``observed``: all, unless the closure times calls
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_async(self._async_driver(fn, scope, None))
+            now_ns = gate.now_ns
+            full, succ, failed = gate.timed()
+
+        def recorded(err: CircuitOpenError, t0: int) -> CircuitOpenError:
+            failed(err, now_ns() - t0 if t0 >= 0 else -1)
+            return err
 
         async def breaker(*args: Any, **kwargs: Any) -> Any:
-            if switch.mode:
-                return await observed(args, kwargs)
+            t0 = -1
+            mode = switch.mode
+            if mode:
+                if mode & full:
+                    return await observed(args, kwargs)
+                # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
+                if mode == COUNT_TIME:
+                    t0 = now_ns()
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
@@ -1101,6 +1154,8 @@ class CircuitBreaker(Strategy):
                 if decision.__class__ is int:
                     permit = decision
                 elif decision[0] is None:  # type: ignore[index]
+                    if mode:
+                        raise recorded(rejected(decision, scope, start), t0)  # type: ignore[arg-type]
                     raise rejected(decision, scope, start)  # type: ignore[arg-type]
                 else:
                     permit = admitted(decision, scope)  # type: ignore[arg-type]
@@ -1113,10 +1168,21 @@ class CircuitBreaker(Strategy):
                 t = on_failure(permit, exc, end, end - start)
                 if t is not None:
                     emit(t, scope)
+                if mode:
+                    failed(exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 release(permit)  # cancelled: a probe slot taken is given back
+                if mode:
+                    failed(exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
+            if mode:  # (a result classifier sends every call to ``observed``)
+                if t0 < 0:
+                    succ[UNTIMED] += 1
+                else:
+                    d = now_ns() - t0
+                    succ[d.bit_length()] += 1
+                    succ[SUM] += d
             if timed:
                 end = now()
                 if on_result is None:

@@ -23,13 +23,21 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar
 
-from ._core.clock import SYSTEM_CLOCK, Clock, Rng, default_rng
+from ._core.clock import SYSTEM_CLOCK, Clock, Rng, default_rng, monotonic_ns
 from ._core.deadline import DEADLINE, tighten
 from ._core.events import EVENTS, Event, Severity
 from ._core.options import exception_matcher, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
-from ._core.telemetry import NEVER, PolicyGate, unobserved
+from ._core.telemetry import (
+    COUNT_TIME,
+    NEVER,
+    SUM,
+    UNTIMED,
+    PolicyGate,
+    unobserved,
+    unrecorded,
+)
 from .backoff import AttemptInfo, Backoff, Schedule
 
 __all__ = [
@@ -398,9 +406,15 @@ class Retry(Strategy):
         retry = self
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
+        now_ns = monotonic_ns(clock)
+        failed: Callable[[BaseException, int], None] = unrecorded
+        succ: list[int] = []
+        full = ~0  # the modes left to ``observed``: all, unless the closure times calls
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_sync(self._sync_driver(fn, scope, None))
+            now_ns = gate.now_ns
+            full, succ, failed = gate.timed()
 
         def again(args: Any, kwargs: Any, call: _RetryCall, error: Any, result: Any) -> Any:
             while True:
@@ -422,8 +436,39 @@ class Retry(Strategy):
         if on_result is None and self._budget is None and self._total is None:
             # The hot path: one try around the call, nothing else until it fails.
             def retry_fast(*args: Any, **kwargs: Any) -> Any:
-                if switch.mode:
-                    return observed(args, kwargs)
+                mode = switch.mode
+                if mode:
+                    if mode & full:
+                        return observed(args, kwargs)
+                    # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
+                    t0 = now_ns() if mode == COUNT_TIME else -1
+                    try:
+                        result = fn(*args, **kwargs)
+                    except Exception as exc:
+                        error = exc
+                    except BaseException as exc:
+                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        raise
+                    else:
+                        if t0 < 0:
+                            succ[UNTIMED] += 1
+                            return result
+                        d = now_ns() - t0
+                        succ[d.bit_length()] += 1
+                        succ[SUM] += d
+                        return result
+                    try:
+                        result = again(args, kwargs, _RetryCall(retry, scope, None), error, None)
+                    except BaseException as exc:
+                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        raise
+                    if t0 < 0:
+                        succ[UNTIMED] += 1
+                        return result
+                    d = now_ns() - t0
+                    succ[d.bit_length()] += 1
+                    succ[SUM] += d
+                    return result
                 try:
                     return fn(*args, **kwargs)
                 except Exception as exc:

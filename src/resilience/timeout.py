@@ -39,7 +39,6 @@ from ._core.telemetry import (
     COUNT_TIME,
     NEVER,
     SUM,
-    TRACING,
     UNTIMED,
     PolicyGate,
     unobserved,
@@ -238,14 +237,17 @@ class Timeout(Strategy):
         error = self._error
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
-        record: Callable[[int, BaseException, float], None] = unrecorded
+        failed: Callable[[BaseException, int], None] = unrecorded
         succ: list[int] = []
         full = ~0  # the modes this closure leaves to ``observed``: all, unless it can time
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_sync(self._deadline_driver(fn, scope, None))
-            if not gate.by_result and gate.shares(clock):
-                record, succ, full = gate.failed, gate.succeeded, TRACING
+            if gate.shares(clock):
+                full, succ, failed = gate.timed()
+
+        def record(mode: int, err: BaseException, start: float) -> None:
+            failed(err, trunc((now() - start) * 1e9) if mode == COUNT_TIME else -1)
 
         def timed_out(start: float, mode: int, **extra: Any) -> TimeoutExceededError:
             err = error(scope, start, **extra)

@@ -301,7 +301,7 @@ def unobserved(args: Any, kwargs: Any) -> Any:
     raise AssertionError("a closure built with the NEVER switch was observed")
 
 
-def unrecorded(mode: int, error: BaseException, start: float) -> None:
+def unrecorded(error: BaseException, duration_ns: int) -> None:
     """The ``failed`` of a closure that does not time calls itself: never called."""
     raise AssertionError("a closure that does not record calls recorded one")
 
@@ -321,8 +321,8 @@ class PolicyGate:
     and no frame; once on, ``observed`` runs ``plain`` counted, timed and traced.
 
     Durations use the first injected clock of the policy (a FakeClock in tests), else
-    the system's; a strategy that reads the system clock anyway can share its reads
-    (:meth:`shares`).
+    the system's. A strategy may also serve metrics in its own frame (:meth:`timed`),
+    sharing its own clock reads where it reads the system clock anyway (:meth:`shares`).
     """
 
     __slots__ = ("_stats", "by_result", "classifier", "clock", "now_ns", "scope", "switch")
@@ -351,29 +351,30 @@ class PolicyGate:
 
     def shares(self, clock: Clock) -> bool:
         """Whether a strategy reading ``clock`` may time the policy's calls with its own
-        reads: both it and the policy's durations are the system clock.
-
-        Such a strategy records a success inline, as :meth:`PolicyStats.record` does,
-        into :attr:`succeeded` (``n = int((end - start) * 1e9)``: ``bit_length`` slot
-        and sum), or counts it in the ``UNTIMED`` slot without ``TIME`` in the mode, and
-        hands the call's exception to :meth:`failed`. Only the system clock is shared:
-        an injected clock keeps the exact durations of the separate reads.
-        """
+        two reads: both it and the policy's durations are the system clock (an injected
+        clock keeps the exact durations of :attr:`now_ns`). See :meth:`timed`."""
         return type(clock) is SystemClock and type(self.clock) is SystemClock
 
-    @property
-    def succeeded(self) -> list[int]:
-        """The success histogram, for a strategy that records inline (see :meth:`shares`)."""
-        return self.stats.hist[SUCCESS]
+    def timed(self) -> tuple[int, list[int], Callable[[BaseException, int], None]]:
+        """What a strategy needs to time the policy's calls inline, in its own frame.
 
-    def failed(self, mode: int, error: BaseException, start: float) -> None:
-        """Record ``error`` ending a call that started at ``start`` (seconds on the shared
-        system clock) under ``mode``."""
+        Returns ``(full, succeeded, failed)``. The closure sends every mode with a bit of
+        ``full`` to ``observed`` (tracing always; everything with a result classifier);
+        it serves ``COUNT_TIME`` itself: on success ``succeeded[d.bit_length()] += 1``
+        and ``succeeded[SUM] += d`` (``d`` the duration in ns, from :attr:`now_ns` or
+        from reads it shares, see :meth:`shares`), on an exception ``failed(error, d)``;
+        and ``COUNT`` alone with ``succeeded[UNTIMED] += 1`` / ``failed(error, -1)``.
+        """
+        full = ~0 if self.by_result else TRACING
+        return full, self.stats.hist[SUCCESS], self.failed
+
+    def failed(self, error: BaseException, duration_ns: int) -> None:
+        """Record ``error`` ending a call that took ``duration_ns`` (``-1``: untimed)."""
         outcome = _classify_error(self.classifier, error)
-        if mode & TIME:
-            self.stats.record(outcome, int((self.clock.now() - start) * 1e9))
-        else:
+        if duration_ns < 0:
             self.stats.count(outcome)
+        else:
+            self.stats.record(outcome, duration_ns)
 
     def observe_sync(self, plain: AnyCallable) -> Callable[[Any, Any], Any]:
         """``observed(args, kwargs)``: ``plain(*args, **kwargs)`` under telemetry."""
