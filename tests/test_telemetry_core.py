@@ -393,3 +393,55 @@ async def test_a_fused_breaker_counts_its_rejections(durations: bool) -> None:
     for b in (fused, separate):
         assert calls(b.name or "", "circuit_breaker")["rejected"] == 2
         assert timed_calls(b.name or "", "circuit_breaker")[3] == (2 if durations else 0)
+
+
+async def ascenario(what: str) -> str:
+    await asyncio.sleep(0)
+    if what == "flaky":  # fails on every other call: a retry gets it on its second try
+        ascenario_calls.append(what)
+        if len(ascenario_calls) % 2:
+            raise ValueError("flaky")
+    if what == "fail":
+        raise OSError("down")
+    if what == "cancel":
+        raise asyncio.CancelledError
+    return what
+
+
+ascenario_calls: list[str] = []
+ASYNC_SCENARIOS = ["ok", "flaky", "fail", "cancel"]
+
+
+@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Retry(on=ValueError),
+        lambda: Pipeline(Retry(on=ValueError), Timeout(5.0)),
+        lambda: CircuitBreaker(failure_threshold=None, failure_rate_threshold=100),
+        lambda: Timeout(5.0),
+    ],
+    ids=["retry", "retry-first", "breaker", "timeout"],
+)
+async def test_async_fused_gates_record_what_the_separate_wrapper_records(
+    make: Callable[[], Strategy], durations: bool
+) -> None:
+    fused, separate = make(), make()
+    fused.name, separate.name = unique("afused"), unique("aseparate")
+    decorated = fused(ascenario)
+    TELEMETRY.acquire_metrics(durations=durations)
+    try:
+        for what in ASYNC_SCENARIOS:
+            for run in (decorated, lambda w: separate.acall(ascenario, w)):
+                ascenario_calls.clear()
+                with contextlib.suppress(OSError, ValueError, asyncio.CancelledError):
+                    await run(what)
+    finally:
+        TELEMETRY.release_metrics(durations=durations)
+    kind = fused.kind
+    assert calls(fused.name, kind) == calls(separate.name, kind)
+    assert sum(calls(fused.name, kind).values()) == len(ASYNC_SCENARIOS)
+    assert calls(fused.name, kind)["cancelled"] == 1
+    expected = [n if durations else 0 for n in calls(fused.name, kind).values()]
+    assert timed_calls(fused.name, kind) == expected
+    assert timed_calls(separate.name, kind) == expected
