@@ -47,6 +47,7 @@ from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
 from ._core.telemetry import (
     COUNT_TIME,
     NEVER,
+    NEVER_OBSERVED,
     SUM,
     UNTIMED,
     PolicyGate,
@@ -1040,12 +1041,12 @@ class CircuitBreaker(Strategy):
         now_ns = monotonic_ns(self._clock)
         failed: Callable[[BaseException, int], None] = unrecorded
         succ: list[int] = []
-        full = ~0  # the modes left to ``observed``: all, unless the closure times calls
+        observe = NEVER_OBSERVED
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_sync(self._sync_driver(fn, scope, None))
             now_ns = gate.now_ns
-            full, succ, failed = gate.timed()
+            observe, succ, failed = gate.timed()
 
         def recorded(err: CircuitOpenError, t0: int) -> CircuitOpenError:
             failed(err, now_ns() - t0 if t0 >= 0 else -1)
@@ -1055,7 +1056,7 @@ class CircuitBreaker(Strategy):
             t0 = -1
             mode = switch.mode
             if mode:
-                if mode & full:
+                if observe[mode]:
                     return observed(args, kwargs)
                 # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
                 if mode == COUNT_TIME:
@@ -1127,12 +1128,12 @@ class CircuitBreaker(Strategy):
         now_ns = monotonic_ns(self._clock)
         failed: Callable[[BaseException, int], None] = unrecorded
         succ: list[int] = []
-        full = ~0  # the modes left to ``observed``: all, unless the closure times calls
+        observe = NEVER_OBSERVED
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_async(self._async_driver(fn, scope, None))
             now_ns = gate.now_ns
-            full, succ, failed = gate.timed()
+            observe, succ, failed = gate.timed()
 
         def recorded(err: CircuitOpenError, t0: int) -> CircuitOpenError:
             failed(err, now_ns() - t0 if t0 >= 0 else -1)
@@ -1142,7 +1143,7 @@ class CircuitBreaker(Strategy):
             t0 = -1
             mode = switch.mode
             if mode:
-                if mode & full:
+                if observe[mode]:
                     return await observed(args, kwargs)
                 # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
                 if mode == COUNT_TIME:

@@ -32,6 +32,7 @@ from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
 from ._core.telemetry import (
     COUNT_TIME,
     NEVER,
+    NEVER_OBSERVED,
     SUM,
     UNTIMED,
     PolicyGate,
@@ -409,12 +410,12 @@ class Retry(Strategy):
         now_ns = monotonic_ns(clock)
         failed: Callable[[BaseException, int], None] = unrecorded
         succ: list[int] = []
-        full = ~0  # the modes left to ``observed``: all, unless the closure times calls
+        observe = NEVER_OBSERVED
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_sync(self._sync_driver(fn, scope, None))
             now_ns = gate.now_ns
-            full, succ, failed = gate.timed()
+            observe, succ, failed = gate.timed()
 
         def again(args: Any, kwargs: Any, call: _RetryCall, error: Any, result: Any) -> Any:
             while True:
@@ -438,7 +439,7 @@ class Retry(Strategy):
             def retry_fast(*args: Any, **kwargs: Any) -> Any:
                 mode = switch.mode
                 if mode:
-                    if mode & full:
+                    if observe[mode]:
                         return observed(args, kwargs)
                     # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
                     t0 = now_ns() if mode == COUNT_TIME else -1
@@ -517,12 +518,12 @@ class Retry(Strategy):
         now_ns = monotonic_ns(clock)
         failed: Callable[[BaseException, int], None] = unrecorded
         succ: list[int] = []
-        full = ~0  # the modes left to ``observed``: all, unless the closure times calls
+        observe = NEVER_OBSERVED
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_async(self._async_driver(fn, scope, None))
             now_ns = gate.now_ns
-            full, succ, failed = gate.timed()
+            observe, succ, failed = gate.timed()
 
         async def again(args: Any, kwargs: Any, call: _RetryCall, error: Any, result: Any) -> Any:
             while True:
@@ -546,7 +547,7 @@ class Retry(Strategy):
             async def retry_fast(*args: Any, **kwargs: Any) -> Any:
                 mode = switch.mode
                 if mode:
-                    if mode & full:
+                    if observe[mode]:
                         return await observed(args, kwargs)
                     # Metrics, served in this frame (see the sync driver).
                     t0 = now_ns() if mode == COUNT_TIME else -1

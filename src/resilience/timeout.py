@@ -38,6 +38,7 @@ from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
 from ._core.telemetry import (
     COUNT_TIME,
     NEVER,
+    NEVER_OBSERVED,
     SUM,
     UNTIMED,
     PolicyGate,
@@ -239,12 +240,14 @@ class Timeout(Strategy):
         observed: Callable[[Any, Any], Any] = unobserved
         failed: Callable[[BaseException, int], None] = unrecorded
         succ: list[int] = []
-        full = ~0  # the modes this closure leaves to ``observed``: all, unless it can time
+        observe = NEVER_OBSERVED
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_sync(self._deadline_driver(fn, scope, None))
             if gate.shares(clock):
-                full, succ, failed = gate.timed()
+                observe, succ, failed = gate.timed()
+            else:
+                observe = gate.observes(inline=False)
 
         def record(mode: int, err: BaseException, start: float) -> None:
             failed(err, trunc((now() - start) * 1e9) if mode == COUNT_TIME else -1)
@@ -257,7 +260,7 @@ class Timeout(Strategy):
 
         def timeout_deadline(*args: Any, **kwargs: Any) -> Any:
             mode = switch.mode
-            if mode and mode & full:
+            if mode and observe[mode]:
                 return observed(args, kwargs)
             start = now()
             # A caller's deadline on the same clock is compared with ``start``: no more reads.
@@ -283,13 +286,12 @@ class Timeout(Strategy):
             end = now()
             if (end if d.clock is clock else d.clock.now()) >= when:
                 raise timed_out(start, mode, result=result)
-            if mode:
-                if mode == COUNT_TIME:
-                    n = trunc((end - start) * 1e9)  # math.trunc: half the cost of int()
-                    succ[n.bit_length()] += 1
-                    succ[SUM] += n
-                else:
-                    succ[UNTIMED] += 1
+            if mode == COUNT_TIME:
+                n = trunc((end - start) * 1e9)  # math.trunc: half the cost of int()
+                succ[n.bit_length()] += 1
+                succ[SUM] += n
+            elif mode:
+                succ[UNTIMED] += 1
             return result
 
         return timeout_deadline

@@ -37,6 +37,7 @@ __all__ = [
     "CALL_OUTCOMES",
     "CallObserver",
     "NEVER",
+    "NEVER_OBSERVED",
     "POLICIES",
     "STATS",
     "TELEMETRY",
@@ -52,6 +53,7 @@ COUNT: Final = 1
 TRACING: Final = 2
 TIME: Final = 4
 COUNT_TIME: Final = COUNT | TIME
+ALL_MODES: Final = COUNT | TRACING | TIME
 
 SUCCESS, KNOWN, UNKNOWN, REJECTED, CANCELLED = range(5)
 CALL_OUTCOMES: Final = ("success", "known_failure", "unknown_failure", "rejected", "cancelled")
@@ -296,6 +298,10 @@ NEVER: Final = _Telemetry()
 one reads, so that one closure body serves both."""
 
 
+NEVER_OBSERVED: Final = (False,) * (ALL_MODES + 1)
+"""``observe`` of a closure built with :data:`NEVER` (its mode is always 0)."""
+
+
 def unobserved(args: Any, kwargs: Any) -> Any:
     """The ``observed`` of a closure built with :data:`NEVER`: never called."""
     raise AssertionError("a closure built with the NEVER switch was observed")
@@ -355,18 +361,24 @@ class PolicyGate:
         clock keeps the exact durations of :attr:`now_ns`). See :meth:`timed`."""
         return type(clock) is SystemClock and type(self.clock) is SystemClock
 
-    def timed(self) -> tuple[int, list[int], Callable[[BaseException, int], None]]:
+    def timed(self) -> tuple[tuple[bool, ...], list[int], Callable[[BaseException, int], None]]:
         """What a strategy needs to time the policy's calls inline, in its own frame.
 
-        Returns ``(full, succeeded, failed)``. The closure sends every mode with a bit of
-        ``full`` to ``observed`` (tracing always; everything with a result classifier);
-        it serves ``COUNT_TIME`` itself: on success ``succeeded[d.bit_length()] += 1``
-        and ``succeeded[SUM] += d`` (``d`` the duration in ns, from :attr:`now_ns` or
-        from reads it shares, see :meth:`shares`), on an exception ``failed(error, d)``;
-        and ``COUNT`` alone with ``succeeded[UNTIMED] += 1`` / ``failed(error, -1)``.
+        Returns ``(observe, succeeded, failed)``. ``observe[mode]`` says whether the
+        closure hands the call to ``observed`` (tracing always; every mode with a result
+        classifier): a tuple index, cheaper per call than a bit test. Otherwise it serves
+        ``COUNT_TIME`` itself: on success ``succeeded[d.bit_length()] += 1`` and
+        ``succeeded[SUM] += d`` (``d`` the duration in ns, from :attr:`now_ns` or from
+        reads it shares, see :meth:`shares`), on an exception ``failed(error, d)``; and
+        ``COUNT`` alone with ``succeeded[UNTIMED] += 1`` / ``failed(error, -1)``.
         """
-        full = ~0 if self.by_result else TRACING
-        return full, self.stats.hist[SUCCESS], self.failed
+        return self.observes(), self.stats.hist[SUCCESS], self.failed
+
+    def observes(self, *, inline: bool = True) -> tuple[bool, ...]:
+        """``observe[mode]``, by mode: whether a fused closure hands the call to
+        ``observed``; every nonzero mode unless the closure serves metrics ``inline``."""
+        full = ~0 if self.by_result or not inline else TRACING
+        return tuple(bool(mode & full) for mode in range(ALL_MODES + 1))
 
     def failed(self, error: BaseException, duration_ns: int) -> None:
         """Record ``error`` ending a call that took ``duration_ns`` (``-1``: untimed)."""
