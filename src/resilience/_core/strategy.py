@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
 from .options import to_name
-from .telemetry import PolicyGate, instrument
+from .telemetry import PolicyGate, decorate, instrument
 
 __all__ = ["Scope", "Strategy", "Pipeline"]
 
@@ -128,7 +128,7 @@ class Strategy:
             self._check_sync(fn)
         # The outermost closure carries the policy's telemetry gate: one flag check per
         # call while telemetry is off.
-        wrapped = instrument(self, fn, scope, is_async=is_async)
+        wrapped = decorate(self, fn, scope, is_async=is_async)
         if wrapped is fn:
             return fn
         functools.update_wrapper(wrapped, fn)
@@ -144,8 +144,8 @@ class Strategy:
         _refuse_generators(self, fn)
         self._check_sync(fn)
         scope = self._scope_for(fn)
-        # Not fused: for one call, building one closure is cheaper than building two.
-        run = instrument(self, fn, scope, is_async=False, fuse=False)
+        # The separate wrapper: for one call, building one closure beats building two.
+        run = instrument(self, self._wrap_sync(fn, scope), scope, is_async=False)
         return run(*args, **kwargs)  # type: ignore[no-any-return]
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -156,7 +156,7 @@ class Strategy:
             return await fn(*a, **kw)
 
         scope = self._scope_for(fn)
-        wrapped = instrument(self, run, scope, is_async=True, fuse=False)
+        wrapped = instrument(self, self._wrap_async(run, scope), scope, is_async=True)
         return await wrapped(*args, **kwargs)  # type: ignore[no-any-return]
 
 

@@ -43,10 +43,11 @@ __all__ = [
     "TELEMETRY",
     "PolicyGate",
     "PolicyStats",
-    "unobserved",
-    "unrecorded",
+    "decorate",
     "error_type",
     "instrument",
+    "unobserved",
+    "unrecorded",
 ]
 
 COUNT: Final = 1
@@ -265,30 +266,37 @@ def _classify_result(classifier: Classifier, result: Any) -> int:
 
 
 def instrument(
-    strategy: Strategy, fn: Callable[..., Any], scope: Scope, *, is_async: bool, fuse: bool = True
+    strategy: Strategy, wrapped: AnyCallable, scope: Scope, *, is_async: bool
+) -> AnyCallable:
+    """Register ``strategy`` under ``scope.policy``; put the separate policy wrapper
+    around ``wrapped``, a closure the strategy already built (``call()`` / ``acall()``)."""
+    POLICIES.add(scope.policy, strategy)
+    gate = PolicyGate(strategy, scope)
+    wrapper: AnyCallable = gate.wrap_async(wrapped) if is_async else gate.wrap_sync(wrapped)
+    # The decorated function keeps its policy alive (``@Pipeline(...)`` inline has no
+    # other owner), so the registry's weak entry lives exactly as long as the function.
+    wrapper.__resilience_policy__ = strategy  # type: ignore[attr-defined]
+    return wrapper
+
+
+def decorate(
+    strategy: Strategy, fn: Callable[..., Any], scope: Scope, *, is_async: bool
 ) -> AnyCallable:
     """Register ``strategy`` under ``scope.policy``; the decorated form of ``fn``.
 
-    With ``fuse`` the outermost strategy is asked to build its closure with the policy's
-    gate in it (:meth:`Strategy._wrap_sync_policy`); without, the strategy's closure is
-    put inside the separate policy wrapper. ``fn`` itself comes back when the strategy
-    has nothing to do (an empty pipeline).
+    The outermost strategy builds its closure with the policy's gate in it
+    (:meth:`Strategy._wrap_sync_policy`); by default that is its closure inside the
+    separate policy wrapper. ``fn`` itself comes back when the strategy has nothing to
+    do (an empty pipeline).
     """
     POLICIES.add(scope.policy, strategy)
     gate = PolicyGate(strategy, scope)
-    if fuse:
-        if is_async:
-            wrapper = strategy._wrap_async_policy(fn, scope, gate)
-        else:
-            wrapper = strategy._wrap_sync_policy(fn, scope, gate)
-        if wrapper is fn:
-            return fn
-    elif is_async:
-        wrapper = gate.wrap_async(strategy._wrap_async(fn, scope))
+    if is_async:
+        wrapper = strategy._wrap_async_policy(fn, scope, gate)
     else:
-        wrapper = gate.wrap_sync(strategy._wrap_sync(fn, scope))
-    # The decorated function keeps its policy alive (``@Pipeline(...)`` inline has no
-    # other owner), so the registry's weak entry lives exactly as long as the function.
+        wrapper = strategy._wrap_sync_policy(fn, scope, gate)
+    if wrapper is fn:
+        return fn
     wrapper.__resilience_policy__ = strategy  # type: ignore[attr-defined]
     return wrapper
 
