@@ -1,10 +1,12 @@
 """Per-call telemetry for decorated policies, and the registry of named policies.
 
-Every decorated function gets one outermost *policy wrapper*, built at decoration time.
-With telemetry off (the default: importing resilience switches nothing on) it costs one
-attribute check per call. Integrations switch it on:
+Every decorated function gets one telemetry *gate*, built at decoration time: fused
+into the outermost strategy's own closure where that strategy supports it (Retry,
+CircuitBreaker, Timeout: see :class:`PolicyGate`), else a separate *policy wrapper*
+frame. With telemetry off (the default: importing resilience switches nothing on) it
+costs one attribute check per call. Integrations switch it on:
 
-- metrics (:mod:`resilience.prometheus`, :mod:`resilience.otel`) make the wrapper count
+- metrics (:mod:`resilience.prometheus`, :mod:`resilience.otel`) make the gate count
   the call's outcome into plain in-process lists of ints, read at scrape time; with
   durations on (Prometheus' call-duration histogram) it also reads the clock twice and
   buckets the duration. No metrics-library object is touched per call.
