@@ -1052,15 +1052,17 @@ class CircuitBreaker(Strategy):
             failed(err, now_ns() - t0 if t0 >= 0 else -1)
             return err
 
+        # What only tracing, failures and rejections use, in one free variable: a
+        # closure's free variables are copied into its frame on every call.
+        slow = (observed, failed, recorded)
+
         def breaker(*args: Any, **kwargs: Any) -> Any:
-            t0 = -1
             mode = switch.mode
             if mode:
                 if observe[mode]:
-                    return observed(args, kwargs)
+                    return slow[0](args, kwargs)  # observed
                 # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
-                if mode == COUNT_TIME:
-                    t0 = now_ns()
+                t0 = now_ns() if mode == COUNT_TIME else -1
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
@@ -1069,7 +1071,7 @@ class CircuitBreaker(Strategy):
                     permit = decision
                 elif decision[0] is None:  # type: ignore[index]
                     if mode:
-                        raise recorded(rejected(decision, scope, start), t0)  # type: ignore[arg-type]
+                        raise slow[2](rejected(decision, scope, start), t0)  # type: ignore[arg-type]
                     raise rejected(decision, scope, start)  # type: ignore[arg-type]
                 else:
                     permit = admitted(decision, scope)  # type: ignore[arg-type]
@@ -1083,12 +1085,12 @@ class CircuitBreaker(Strategy):
                 if t is not None:
                     emit(t, scope)
                 if mode:
-                    failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
             except BaseException as exc:
                 release(permit)  # cancelled or interrupted: a probe slot is given back
                 if mode:
-                    failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
             if mode:  # (a result classifier sends every call to ``observed``)
                 if t0 < 0:
@@ -1139,15 +1141,17 @@ class CircuitBreaker(Strategy):
             failed(err, now_ns() - t0 if t0 >= 0 else -1)
             return err
 
+        # What only tracing, failures and rejections use, in one free variable: a
+        # closure's free variables are copied into its frame on every call.
+        slow = (observed, failed, recorded)
+
         async def breaker(*args: Any, **kwargs: Any) -> Any:
-            t0 = -1
             mode = switch.mode
             if mode:
                 if observe[mode]:
-                    return await observed(args, kwargs)
+                    return await slow[0](args, kwargs)  # observed
                 # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
-                if mode == COUNT_TIME:
-                    t0 = now_ns()
+                t0 = now_ns() if mode == COUNT_TIME else -1
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
@@ -1156,7 +1160,7 @@ class CircuitBreaker(Strategy):
                     permit = decision
                 elif decision[0] is None:  # type: ignore[index]
                     if mode:
-                        raise recorded(rejected(decision, scope, start), t0)  # type: ignore[arg-type]
+                        raise slow[2](rejected(decision, scope, start), t0)  # type: ignore[arg-type]
                     raise rejected(decision, scope, start)  # type: ignore[arg-type]
                 else:
                     permit = admitted(decision, scope)  # type: ignore[arg-type]
@@ -1170,12 +1174,12 @@ class CircuitBreaker(Strategy):
                 if t is not None:
                     emit(t, scope)
                 if mode:
-                    failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
             except BaseException as exc:
                 release(permit)  # cancelled: a probe slot taken is given back
                 if mode:
-                    failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
             if mode:  # (a result classifier sends every call to ``observed``)
                 if t0 < 0:

@@ -437,8 +437,22 @@ class Retry(Strategy):
         if on_result is None and self._budget is None and self._total is None:
             # The hot path: one try around the call, nothing else until it fails.
             def retry_fast(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    error = exc
+                return again(args, kwargs, _RetryCall(retry, scope, None), error, None)
+
+            if gate is None:
+                return retry_fast
+            # The policy's outermost closure: the same, with the gate. Its telemetry is
+            # unpacked only while on (free variables are copied into every frame).
+            tele = (observe, observed, now_ns, succ, failed)
+
+            def retry_fast_policy(*args: Any, **kwargs: Any) -> Any:
                 mode = switch.mode
                 if mode:
+                    observe, observed, now_ns, succ, failed = tele
                     if observe[mode]:
                         return observed(args, kwargs)
                     # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
@@ -476,7 +490,7 @@ class Retry(Strategy):
                     error = exc
                 return again(args, kwargs, _RetryCall(retry, scope, None), error, None)
 
-            return retry_fast
+            return retry_fast_policy
 
         budget = self._budget
         total = self._total
@@ -545,11 +559,25 @@ class Retry(Strategy):
         if on_result is None and self._budget is None and self._total is None:
 
             async def retry_fast(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception as exc:
+                    error = exc
+                return await again(args, kwargs, _RetryCall(retry, scope, None), error, None)
+
+            if gate is None:
+                return retry_fast
+            # The policy's outermost closure: the same, with the gate. Its telemetry is
+            # unpacked only while on (free variables are copied into every frame).
+            tele = (observe, observed, now_ns, succ, failed)
+
+            async def retry_fast_policy(*args: Any, **kwargs: Any) -> Any:
                 mode = switch.mode
                 if mode:
+                    observe, observed, now_ns, succ, failed = tele
                     if observe[mode]:
                         return await observed(args, kwargs)
-                    # Metrics, served in this frame (see the sync driver).
+                    # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
                     t0 = now_ns() if mode == COUNT_TIME else -1
                     try:
                         result = await fn(*args, **kwargs)
@@ -586,7 +614,7 @@ class Retry(Strategy):
                     error = exc
                 return await again(args, kwargs, _RetryCall(retry, scope, None), error, None)
 
-            return retry_fast
+            return retry_fast_policy
 
         budget = self._budget
         total = self._total

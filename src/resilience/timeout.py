@@ -258,10 +258,14 @@ class Timeout(Strategy):
                 record(mode, err, start)
             return err
 
+        # What only tracing and failures use, in one free variable: a closure's free
+        # variables are copied into its frame on every call.
+        slow = (observed, record)
+
         def timeout_deadline(*args: Any, **kwargs: Any) -> Any:
             mode = switch.mode
             if mode and observe[mode]:
-                return observed(args, kwargs)
+                return slow[0](args, kwargs)  # observed
             start = now()
             # A caller's deadline on the same clock is compared with ``start``: no more reads.
             d = dget()
@@ -279,7 +283,7 @@ class Timeout(Strategy):
                 result = fn(*args, **kwargs)
             except BaseException as exc:
                 if mode:
-                    record(mode, exc, start)
+                    slow[1](mode, exc, start)  # record
                 raise
             finally:
                 dreset(token)
