@@ -116,8 +116,8 @@ def main() -> None:
         added = ns - base if name.startswith("stack") and "closures" not in name else None
         cell = f"{added:+.0f}" if added is not None else ""
         print(f"| {name:<46} | {ns:>9.0f} | {cell:>13} |")
-    wrapper = rows["retry: decorated, telemetry off"] - rows["retry: strategy closure alone"]
-    print(f"\npolicy wrapper, telemetry off (retry decorated - closure): {wrapper:+.0f} ns")
+    gate = rows["retry: decorated, telemetry off"] - rows["retry: strategy closure alone"]
+    print(f"\ntelemetry gate, off (retry decorated - its closure alone): {gate:+.0f} ns")
 
 
 if __name__ == "__main__":

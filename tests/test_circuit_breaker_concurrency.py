@@ -16,10 +16,13 @@ counters, every permit it hands out and every report it gets. Afterwards:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -241,3 +244,70 @@ async def test_1000_tasks_with_cancellations(clock: FakeClock, events: Capturing
     for _ in range(PROBES + 1):
         assert await work(0.9) == "ok"
     assert b.state is CircuitState.CLOSED
+
+
+@pytest.fixture
+def eager_switching() -> Iterator[None]:
+    """Threads switch as often as the interpreter allows, so that races show up."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def run_threads(n: int, target: Any) -> None:
+    start = threading.Barrier(n)
+
+    def worker() -> None:
+        start.wait()
+        target()
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive()
+
+
+def test_closed_successes_are_counted_exactly(eager_switching: None) -> None:
+    # The closed-state success is recorded without the lock: no update may be lost,
+    # also while failures (which take the lock) land in between.
+    b = CircuitBreaker(window_size=1_000_000, failure_threshold=None, name="exact-ok")
+
+    @b
+    def work(fail: bool) -> None:
+        if fail:
+            raise Boom
+
+    def hammer() -> None:
+        for i in range(3_000):
+            with contextlib.suppress(Boom):
+                work(i % 100 == 0)
+
+    run_threads(16, hammer)
+    calls = 16 * 3_000
+    snap = b.snapshot()
+    assert snap["state"] == "closed"
+    assert snap["calls_in_window"] == calls
+    assert snap["failed_calls"] == 16 * 30
+
+
+def test_rejections_are_counted_exactly(eager_switching: None) -> None:
+    b = CircuitBreaker(open_duration=3600, name="exact-rejected")
+
+    @b
+    def work() -> None:
+        raise AssertionError("an open breaker ran the call")
+
+    b.open()
+
+    def hammer() -> None:
+        for _ in range(3_000):
+            with pytest.raises(CircuitOpenError):
+                work()
+
+    run_threads(16, hammer)
+    assert b.snapshot()["not_permitted_calls"] == 16 * 3_000

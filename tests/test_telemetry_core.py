@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from resilience import Classifier, Outcome, Pipeline, Retry, Timeout
+from resilience import (
+    CircuitBreaker,
+    CircuitOpenError,
+    Classifier,
+    Outcome,
+    Pipeline,
+    Retry,
+    Strategy,
+    Timeout,
+    deadline,
+)
 from resilience._core import telemetry as core
 from resilience._core.telemetry import CALL_OUTCOMES, POLICIES, STATS, TELEMETRY
 from resilience.testing import FakeClock
@@ -222,3 +235,213 @@ def test_concurrent_calls_lose_no_count(counting: None) -> None:
     stats = STATS.get(name, "retry")
     assert stats.calls(0) == 80_000
     assert sum(stats.hist[0][: core.SUM]) == 80_000
+
+
+# -- the policy gate fused into the outermost strategy -------------------------------------------
+
+
+def timed_calls(policy: str, strategy: str) -> list[int]:
+    """Per outcome: how many calls have a duration in the histogram."""
+    return [sum(h[: core.SUM]) for h in STATS.get(policy, strategy).hist]
+
+
+def scenario(what: str) -> str:
+    if what == "fail":
+        raise OSError("down")
+    if what == "late":
+        time.sleep(0.01)
+    if what == "cancel":
+        raise KeyboardInterrupt
+    return what
+
+
+SCENARIOS = ["ok", "ok", "fail", "late", "cancel"]
+
+
+def run_all(call: Callable[[str], object]) -> None:
+    for what in SCENARIOS:
+        with contextlib.suppress(OSError, KeyboardInterrupt):  # TimeoutError is an OSError
+            call(what)
+
+
+@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Timeout(0.005),
+        lambda: Pipeline(Timeout(0.005), Retry(on=ValueError)),
+        lambda: Retry(on=ValueError),
+        lambda: CircuitBreaker(failure_threshold=None, failure_rate_threshold=100),
+    ],
+    ids=["timeout", "timeout-first", "retry", "breaker"],
+)
+def test_a_fused_gate_records_what_the_separate_wrapper_records(
+    make: Callable[[], Strategy], durations: bool
+) -> None:
+    fused, separate = make(), make()
+    fused.name, separate.name = unique("fused"), unique("separate")
+    decorated = fused(scenario)
+    TELEMETRY.acquire_metrics(durations=durations)
+    try:
+        run_all(decorated)
+        run_all(lambda what: separate.call(scenario, what))
+    finally:
+        TELEMETRY.release_metrics(durations=durations)
+    kind = fused.kind
+    assert calls(fused.name, kind) == calls(separate.name, kind)
+    assert sum(calls(fused.name, kind).values()) == len(SCENARIOS)
+    expected = [n if durations else 0 for n in calls(fused.name, kind).values()]
+    assert timed_calls(fused.name, kind) == expected
+    assert timed_calls(separate.name, kind) == expected
+    if durations:  # the late call took >= 10 ms, whoever measured it
+        for name in (fused.name, separate.name):
+            assert sum(h[core.SUM] for h in STATS.get(name, kind).hist) >= 10_000_000
+
+
+def test_a_fused_gate_counts_nothing_while_off() -> None:
+    name = unique("fused_off")
+    run_all(Pipeline(Timeout(0.005), Retry(on=ValueError), name=name)(scenario))
+    assert calls(name, "pipeline") == dict.fromkeys(CALL_OUTCOMES, 0)
+
+
+def test_a_caller_deadline_already_past_is_counted_once(counting: None) -> None:
+    name = unique("past")
+    clock = FakeClock()
+
+    @Timeout(1.0, name=name)
+    def work() -> int:
+        raise AssertionError("started after the caller's deadline")
+
+    with deadline(0.5, clock=clock):
+        clock.advance(1)
+        with pytest.raises(TimeoutError):
+            work()
+    assert calls(name, "timeout")["unknown_failure"] == 1
+
+
+class Observer:
+    """A tracing observer that records what it is told."""
+
+    def __init__(self) -> None:
+        self.ended: list[tuple[str, str | None]] = []
+
+    def begin(self, scope: Any) -> object | None:
+        return scope
+
+    def end(self, handle: object, outcome: str, error: BaseException | None) -> None:
+        self.ended.append((outcome, type(error).__name__ if error else None))
+
+
+@pytest.mark.parametrize("make", [lambda: Timeout(5.0), lambda: Retry(on=ValueError)])
+def test_tracing_goes_through_the_observer(make: Callable[[], Strategy]) -> None:
+    strategy = make()
+    decorated = strategy(scenario)
+    observer = Observer()
+    TELEMETRY.set_observer(observer)
+    try:
+        assert decorated("ok") == "ok"
+        with pytest.raises(OSError):
+            decorated("fail")
+    finally:
+        TELEMETRY.set_observer(None)
+    assert observer.ended == [("success", None), ("unknown_failure", "OSError")]
+
+
+async def test_async_fused_gates_count(counting: None) -> None:
+    name = unique("async_fused")
+
+    @Pipeline(CircuitBreaker(), Retry(on=ValueError), Timeout(5.0), name=name)
+    async def fetch(x: int) -> int:
+        await asyncio.sleep(0)
+        if x < 0:
+            raise OSError("no")
+        return x
+
+    assert await fetch(1) == 1
+    with pytest.raises(OSError):
+        await fetch(-1)
+    assert calls(name, "pipeline")["success"] == 1
+    assert calls(name, "pipeline")["unknown_failure"] == 1
+    assert timed_calls(name, "pipeline")[:3] == [1, 0, 1]
+
+
+@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
+async def test_a_fused_breaker_counts_its_rejections(durations: bool) -> None:
+    fused = CircuitBreaker(name=unique("fused_open"))
+    separate = CircuitBreaker(name=unique("separate_open"))
+
+    def work() -> int:
+        return 1
+
+    async def awork() -> int:
+        return 1
+
+    decorated, adecorated = fused(work), fused(awork)
+    fused.open()
+    separate.open()
+    TELEMETRY.acquire_metrics(durations=durations)
+    try:
+        for run in (decorated, lambda: separate.call(work)):
+            with pytest.raises(CircuitOpenError):
+                run()
+        with pytest.raises(CircuitOpenError):
+            await adecorated()
+        with pytest.raises(CircuitOpenError):
+            await separate.acall(awork)
+    finally:
+        TELEMETRY.release_metrics(durations=durations)
+    for b in (fused, separate):
+        assert calls(b.name or "", "circuit_breaker")["rejected"] == 2
+        assert timed_calls(b.name or "", "circuit_breaker")[3] == (2 if durations else 0)
+
+
+async def ascenario(what: str) -> str:
+    await asyncio.sleep(0)
+    if what == "flaky":  # fails on every other call: a retry gets it on its second try
+        ascenario_calls.append(what)
+        if len(ascenario_calls) % 2:
+            raise ValueError("flaky")
+    if what == "fail":
+        raise OSError("down")
+    if what == "cancel":
+        raise asyncio.CancelledError
+    return what
+
+
+ascenario_calls: list[str] = []
+ASYNC_SCENARIOS = ["ok", "flaky", "fail", "cancel"]
+
+
+@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: Retry(on=ValueError),
+        lambda: Pipeline(Retry(on=ValueError), Timeout(5.0)),
+        lambda: CircuitBreaker(failure_threshold=None, failure_rate_threshold=100),
+        lambda: Timeout(5.0),
+    ],
+    ids=["retry", "retry-first", "breaker", "timeout"],
+)
+async def test_async_fused_gates_record_what_the_separate_wrapper_records(
+    make: Callable[[], Strategy], durations: bool
+) -> None:
+    fused, separate = make(), make()
+    fused.name, separate.name = unique("afused"), unique("aseparate")
+    decorated = fused(ascenario)
+    TELEMETRY.acquire_metrics(durations=durations)
+    try:
+        for what in ASYNC_SCENARIOS:
+            for run in (decorated, lambda w: separate.acall(ascenario, w)):
+                ascenario_calls.clear()
+                with contextlib.suppress(OSError, ValueError, asyncio.CancelledError):
+                    await run(what)
+    finally:
+        TELEMETRY.release_metrics(durations=durations)
+    kind = fused.kind
+    assert calls(fused.name, kind) == calls(separate.name, kind)
+    assert sum(calls(fused.name, kind).values()) == len(ASYNC_SCENARIOS)
+    assert calls(fused.name, kind)["cancelled"] == 1
+    expected = [n if durations else 0 for n in calls(fused.name, kind).values()]
+    assert timed_calls(fused.name, kind) == expected
+    assert timed_calls(separate.name, kind) == expected

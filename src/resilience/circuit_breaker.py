@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import math
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -37,12 +38,22 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple
 
-from ._core.clock import SYSTEM_CLOCK, Clock
+from ._core.clock import SYSTEM_CLOCK, Clock, monotonic_ns
 from ._core.errors import RejectedError
 from ._core.events import EVENTS, CallRejected, StateChanged
 from ._core.options import UNSET, Unset, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome, _check_types
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.telemetry import (
+    COUNT_TIME,
+    NEVER,
+    NEVER_OBSERVED,
+    SUM,
+    UNTIMED,
+    PolicyGate,
+    unobserved,
+    unrecorded,
+)
 
 __all__ = [
     "CircuitBreaker",
@@ -167,15 +178,8 @@ class CircuitOpenError(RejectedError):
 
 _new_error = CircuitOpenError.__new__
 
-
-def _rejection(policy: str, state: CircuitState, retry_after: float | None) -> CircuitOpenError:
-    """A :class:`CircuitOpenError` built without its ``__init__`` (cheaper), the message
-    formatted only if it is shown."""
-    err = _new_error(CircuitOpenError)
-    err.policy = policy
-    err.state = state
-    err.retry_after = retry_after
-    return err
+# Whether the GIL serialises bytecodes (always before 3.13; 3.13t may run without it).
+_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 # -- options -------------------------------------------------------------------------------
@@ -578,6 +582,12 @@ class _Machine:
     # ``with``: measured here, that halves the cost of the lock on the hot path.
     def acquire(self, now: float) -> int | _Decision:
         """A permit (the current epoch) when the call may run, else a rejection."""
+        if _GIL and self._state is _OPEN and now < self._open_until:
+            # Open and not due: rejected without the lock. The count is exact (under the
+            # GIL one ``+=`` on an attribute is not interrupted) and the decision held
+            # when the state was read.
+            self._not_permitted += 1
+            return None, _OPEN, self._open_until - now, None
         lock = self._lock
         lock.acquire()
         try:
@@ -619,7 +629,16 @@ class _Machine:
             lock.release()
 
     def _on_success_count(self, permit: int, now: float, duration: float) -> _Transition | None:
-        # _on_success with the count window's add_ok inlined: the healthy hot path.
+        # _on_success with the count window's add_ok inlined: the healthy hot path. With
+        # the GIL, the check that passed and the two updates below run without a thread
+        # switch in between (no call, no jump taken, nothing allocated that the collector
+        # tracks), so the current closed epoch's success needs no lock: it is counted
+        # exactly once, before or after any locked decision. Every other report, and
+        # every report on a free-threaded build, takes the lock.
+        if _GIL and permit == self._epoch and self._state is _CLOSED and duration < self._slow:
+            self._consecutive = 0
+            self._count_window.seq += 1
+            return None
         lock = self._lock
         lock.acquire()
         try:
@@ -938,15 +957,31 @@ class CircuitBreaker(Strategy):
         """Publish what ``acquire`` decided; the permit, or raise :class:`CircuitOpenError`."""
         if isinstance(decision, int):
             return decision
-        permit, state, retry_after, transition = decision
+        if decision[0] is None:
+            # Raised without ever being bound to a local of a frame it passes through: that
+            # would make a reference cycle (error -> traceback -> frame -> error) per call.
+            raise self._rejected(decision, scope, now)
+        return self._admitted(decision, scope)
+
+    def _admitted(self, decision: _Decision, scope: Scope) -> int:
+        """A permit that came with a transition (the probe that half-opened the breaker)."""
+        permit, _, _, transition = decision
         if transition is not None:
             self._emit(transition, scope)
-        if permit is not None:
-            return permit
-        if EVENTS.wants(scope.policy):
+        assert permit is not None
+        return permit
+
+    def _rejected(self, decision: _Decision, scope: Scope, now: float) -> CircuitOpenError:
+        """Publish a rejection; the error to raise (the caller raises it: no frame more
+        for the exception to unwind)."""
+        _, state, retry_after, transition = decision
+        if transition is not None:
+            self._emit(transition, scope)
+        policy = scope.policy
+        if EVENTS.active and EVENTS.wants(policy):
             EVENTS.publish(
                 CircuitRejected(
-                    policy=scope.policy,
+                    policy=policy,
                     strategy=scope.strategy,
                     time=now,
                     reason="circuit_open",
@@ -954,15 +989,20 @@ class CircuitBreaker(Strategy):
                     state=state.value,
                 )
             )
-        # Raised without ever being bound to a local of a frame it passes through: that
-        # would make a reference cycle (error -> traceback -> frame -> error) per call.
-        raise _rejection(scope.policy, state, retry_after)
+        # Built without its __init__ (cheaper); the message is formatted only if shown.
+        err = _new_error(CircuitOpenError)
+        err.policy = policy
+        err.state = state
+        err.retry_after = retry_after
+        return err
 
     # -- drivers --------------------------------------------------------------------------------
     # Both drivers admit a closed-state call without the lock (the epoch is read before
     # the state: see the module docstring) and ask the machine in every other state. The
     # clock is read only when something needs it: the slow-call rule, a time window or
-    # a result classifier (``timed``), a failure, or a probe (an odd permit).
+    # a result classifier (``timed``), a failure, or a probe (an odd permit). A rejection
+    # is raised from the driver's own frame. As a policy's outermost strategy, a driver's
+    # closure also carries the policy's gate (see PolicyGate).
 
     def _classifies_results(self) -> bool:
         c = self.options.classifier
@@ -977,17 +1017,64 @@ class CircuitBreaker(Strategy):
         )
 
     def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        return self._sync_driver(fn, scope, None)
+
+    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
+        return self._sync_driver(fn, scope, gate)
+
+    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        return self._async_driver(fn, scope, None)
+
+    def _wrap_async_policy(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
+    ) -> AsyncCallable:
+        return self._async_driver(fn, scope, gate)
+
+    def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
         m = self._machine
         acquire, on_success, on_failure, release = m.acquire, m.on_success, m.on_failure, m.release
         on_result = m.on_result if self._classifies_results() else None
-        admit, emit, now = self._admit, self._emit, self._clock.now
+        admitted, rejected, emit, now = self._admitted, self._rejected, self._emit, self._clock.now
         timed = self._timed()
+        switch = NEVER
+        observed: Callable[[Any, Any], Any] = unobserved
+        now_ns = monotonic_ns(self._clock)
+        failed: Callable[[BaseException, int], None] = unrecorded
+        succ: list[int] = []
+        observe = NEVER_OBSERVED
+        if gate is not None:
+            switch = gate.switch
+            observed = gate.observe_sync(self._sync_driver(fn, scope, None))
+            now_ns = gate.now_ns
+            observe, succ, failed = gate.timed()
+
+        def recorded(err: CircuitOpenError, t0: int) -> CircuitOpenError:
+            failed(err, now_ns() - t0 if t0 >= 0 else -1)
+            return err
+
+        # What only tracing, failures and rejections use, in one free variable: a
+        # closure's free variables are copied into its frame on every call.
+        slow = (observed, failed, recorded)
 
         def breaker(*args: Any, **kwargs: Any) -> Any:
+            mode = switch.mode
+            if mode:
+                if observe[mode]:
+                    return slow[0](args, kwargs)  # observed
+                # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
+                t0 = now_ns() if mode == COUNT_TIME else -1
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
-                permit = admit(acquire(start), scope, start)
+                decision = acquire(start)
+                if decision.__class__ is int:
+                    permit = decision
+                elif decision[0] is None:  # type: ignore[index]
+                    if mode:
+                        raise slow[2](rejected(decision, scope, start), t0)  # type: ignore[arg-type]
+                    raise rejected(decision, scope, start)  # type: ignore[arg-type]
+                else:
+                    permit = admitted(decision, scope)  # type: ignore[arg-type]
             else:
                 start = now() if timed else 0.0  # untimed: no duration is ever compared
             try:
@@ -997,10 +1084,21 @@ class CircuitBreaker(Strategy):
                 t = on_failure(permit, exc, end, end - start)
                 if t is not None:
                     emit(t, scope)
+                if mode:
+                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 release(permit)  # cancelled or interrupted: a probe slot is given back
+                if mode:
+                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
+            if mode:  # (a result classifier sends every call to ``observed``)
+                if t0 < 0:
+                    succ[UNTIMED] += 1
+                else:
+                    d = now_ns() - t0
+                    succ[d.bit_length()] += 1
+                    succ[SUM] += d
             if timed:
                 end = now()
                 if on_result is None:
@@ -1019,18 +1117,53 @@ class CircuitBreaker(Strategy):
 
         return breaker
 
-    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+    def _async_driver(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None
+    ) -> AsyncCallable:
         m = self._machine
         acquire, on_success, on_failure, release = m.acquire, m.on_success, m.on_failure, m.release
         on_result = m.on_result if self._classifies_results() else None
-        admit, emit, now = self._admit, self._emit, self._clock.now
+        admitted, rejected, emit, now = self._admitted, self._rejected, self._emit, self._clock.now
         timed = self._timed()
+        switch = NEVER
+        observed: Callable[[Any, Any], Any] = unobserved
+        now_ns = monotonic_ns(self._clock)
+        failed: Callable[[BaseException, int], None] = unrecorded
+        succ: list[int] = []
+        observe = NEVER_OBSERVED
+        if gate is not None:
+            switch = gate.switch
+            observed = gate.observe_async(self._async_driver(fn, scope, None))
+            now_ns = gate.now_ns
+            observe, succ, failed = gate.timed()
+
+        def recorded(err: CircuitOpenError, t0: int) -> CircuitOpenError:
+            failed(err, now_ns() - t0 if t0 >= 0 else -1)
+            return err
+
+        # What only tracing, failures and rejections use, in one free variable: a
+        # closure's free variables are copied into its frame on every call.
+        slow = (observed, failed, recorded)
 
         async def breaker(*args: Any, **kwargs: Any) -> Any:
+            mode = switch.mode
+            if mode:
+                if observe[mode]:
+                    return await slow[0](args, kwargs)  # observed
+                # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
+                t0 = now_ns() if mode == COUNT_TIME else -1
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
-                permit = admit(acquire(start), scope, start)
+                decision = acquire(start)
+                if decision.__class__ is int:
+                    permit = decision
+                elif decision[0] is None:  # type: ignore[index]
+                    if mode:
+                        raise slow[2](rejected(decision, scope, start), t0)  # type: ignore[arg-type]
+                    raise rejected(decision, scope, start)  # type: ignore[arg-type]
+                else:
+                    permit = admitted(decision, scope)  # type: ignore[arg-type]
             else:
                 start = now() if timed else 0.0
             try:
@@ -1040,10 +1173,21 @@ class CircuitBreaker(Strategy):
                 t = on_failure(permit, exc, end, end - start)
                 if t is not None:
                     emit(t, scope)
+                if mode:
+                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
-            except BaseException:
+            except BaseException as exc:
                 release(permit)  # cancelled: a probe slot taken is given back
+                if mode:
+                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
                 raise
+            if mode:  # (a result classifier sends every call to ``observed``)
+                if t0 < 0:
+                    succ[UNTIMED] += 1
+                else:
+                    d = now_ns() - t0
+                    succ[d.bit_length()] += 1
+                    succ[SUM] += d
             if timed:
                 end = now()
                 if on_result is None:

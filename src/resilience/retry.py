@@ -23,12 +23,22 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar
 
-from ._core.clock import SYSTEM_CLOCK, Clock, Rng, default_rng
+from ._core.clock import SYSTEM_CLOCK, Clock, Rng, default_rng, monotonic_ns
 from ._core.deadline import DEADLINE, tighten
 from ._core.events import EVENTS, Event, Severity
 from ._core.options import exception_matcher, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.telemetry import (
+    COUNT_TIME,
+    NEVER,
+    NEVER_OBSERVED,
+    SUM,
+    UNTIMED,
+    PolicyGate,
+    unobserved,
+    unrecorded,
+)
 from .backoff import AttemptInfo, Backoff, Schedule
 
 __all__ = [
@@ -375,10 +385,37 @@ class Retry(Strategy):
         return delay, hint is not None
 
     # -- drivers ----------------------------------------------------------------------------
+    # As a policy's outermost strategy, a driver's closure carries the policy's gate
+    # (see PolicyGate): ``observed`` is the same closure built without it.
     def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        return self._sync_driver(fn, scope, None)
+
+    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
+        return self._sync_driver(fn, scope, gate)
+
+    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        return self._async_driver(fn, scope, None)
+
+    def _wrap_async_policy(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
+    ) -> AsyncCallable:
+        return self._async_driver(fn, scope, gate)
+
+    def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
         on_result = self._on_result
         clock = self._clock
         retry = self
+        switch = NEVER
+        observed: Callable[[Any, Any], Any] = unobserved
+        now_ns = monotonic_ns(clock)
+        failed: Callable[[BaseException, int], None] = unrecorded
+        succ: list[int] = []
+        observe = NEVER_OBSERVED
+        if gate is not None:
+            switch = gate.switch
+            observed = gate.observe_sync(self._sync_driver(fn, scope, None))
+            now_ns = gate.now_ns
+            observe, succ, failed = gate.timed()
 
         def again(args: Any, kwargs: Any, call: _RetryCall, error: Any, result: Any) -> Any:
             while True:
@@ -406,12 +443,61 @@ class Retry(Strategy):
                     error = exc
                 return again(args, kwargs, _RetryCall(retry, scope, None), error, None)
 
-            return retry_fast
+            if gate is None:
+                return retry_fast
+            # The policy's outermost closure: the same, with the gate. Its telemetry is
+            # unpacked only while on (free variables are copied into every frame).
+            tele = (observe, observed, now_ns, succ, failed)
+
+            def retry_fast_policy(*args: Any, **kwargs: Any) -> Any:
+                mode = switch.mode
+                if mode:
+                    observe, observed, now_ns, succ, failed = tele
+                    if observe[mode]:
+                        return observed(args, kwargs)
+                    # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
+                    t0 = now_ns() if mode == COUNT_TIME else -1
+                    try:
+                        result = fn(*args, **kwargs)
+                    except Exception as exc:
+                        error = exc
+                    except BaseException as exc:
+                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        raise
+                    else:
+                        if t0 < 0:
+                            succ[UNTIMED] += 1
+                            return result
+                        d = now_ns() - t0
+                        succ[d.bit_length()] += 1
+                        succ[SUM] += d
+                        return result
+                    try:
+                        result = again(args, kwargs, _RetryCall(retry, scope, None), error, None)
+                    except BaseException as exc:
+                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        raise
+                    if t0 < 0:
+                        succ[UNTIMED] += 1
+                        return result
+                    d = now_ns() - t0
+                    succ[d.bit_length()] += 1
+                    succ[SUM] += d
+                    return result
+                try:
+                    return fn(*args, **kwargs)
+                except Exception as exc:
+                    error = exc
+                return again(args, kwargs, _RetryCall(retry, scope, None), error, None)
+
+            return retry_fast_policy
 
         budget = self._budget
         total = self._total
 
         def retry_full(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return observed(args, kwargs)
             if budget is not None:
                 budget.deposit()
             start = clock.now()
@@ -435,10 +521,23 @@ class Retry(Strategy):
 
         return retry_full
 
-    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+    def _async_driver(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None
+    ) -> AsyncCallable:
         on_result = self._on_result
         clock = self._clock
         retry = self
+        switch = NEVER
+        observed: Callable[[Any, Any], Any] = unobserved
+        now_ns = monotonic_ns(clock)
+        failed: Callable[[BaseException, int], None] = unrecorded
+        succ: list[int] = []
+        observe = NEVER_OBSERVED
+        if gate is not None:
+            switch = gate.switch
+            observed = gate.observe_async(self._async_driver(fn, scope, None))
+            now_ns = gate.now_ns
+            observe, succ, failed = gate.timed()
 
         async def again(args: Any, kwargs: Any, call: _RetryCall, error: Any, result: Any) -> Any:
             while True:
@@ -466,12 +565,63 @@ class Retry(Strategy):
                     error = exc
                 return await again(args, kwargs, _RetryCall(retry, scope, None), error, None)
 
-            return retry_fast
+            if gate is None:
+                return retry_fast
+            # The policy's outermost closure: the same, with the gate. Its telemetry is
+            # unpacked only while on (free variables are copied into every frame).
+            tele = (observe, observed, now_ns, succ, failed)
+
+            async def retry_fast_policy(*args: Any, **kwargs: Any) -> Any:
+                mode = switch.mode
+                if mode:
+                    observe, observed, now_ns, succ, failed = tele
+                    if observe[mode]:
+                        return await observed(args, kwargs)
+                    # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
+                    t0 = now_ns() if mode == COUNT_TIME else -1
+                    try:
+                        result = await fn(*args, **kwargs)
+                    except Exception as exc:
+                        error = exc
+                    except BaseException as exc:
+                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        raise
+                    else:
+                        if t0 < 0:
+                            succ[UNTIMED] += 1
+                            return result
+                        d = now_ns() - t0
+                        succ[d.bit_length()] += 1
+                        succ[SUM] += d
+                        return result
+                    try:
+                        result = await again(
+                            args, kwargs, _RetryCall(retry, scope, None), error, None
+                        )
+                    except BaseException as exc:
+                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        raise
+                    if t0 < 0:
+                        succ[UNTIMED] += 1
+                        return result
+                    d = now_ns() - t0
+                    succ[d.bit_length()] += 1
+                    succ[SUM] += d
+                    return result
+                try:
+                    return await fn(*args, **kwargs)
+                except Exception as exc:
+                    error = exc
+                return await again(args, kwargs, _RetryCall(retry, scope, None), error, None)
+
+            return retry_fast_policy
 
         budget = self._budget
         total = self._total
 
         async def retry_full(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return await observed(args, kwargs)
             if budget is not None:
                 budget.deposit()
             start = clock.now()

@@ -102,13 +102,16 @@ class EventBus:
     Subscribing copies the listener tuples (copy-on-write), so publishing takes no lock.
     """
 
-    __slots__ = ("_all", "_by_policy", "_failed", "_lock")
+    __slots__ = ("_all", "_by_policy", "_failed", "_lock", "active")
 
     def __init__(self) -> None:
         self._all: tuple[Listener, ...] = ()
         self._by_policy: dict[str, tuple[Listener, ...]] = {}
         self._failed: set[Listener] = set()
         self._lock = threading.Lock()
+        self.active = False
+        """Whether any listener is subscribed at all. Hot paths read it before calling
+        :meth:`wants`: with no listener anywhere, one attribute read and no call."""
 
     def subscribe(self, listener: Listener, *, policy: str | None = None) -> None:
         """Send ``listener`` every event (``policy=None``) or those of one policy."""
@@ -119,6 +122,7 @@ class EventBus:
                 self._all = (*self._all, listener)
             else:
                 self._by_policy[policy] = (*self._by_policy.get(policy, ()), listener)
+            self.active = True
 
     def unsubscribe(self, listener: Listener, *, policy: str | None = None) -> None:
         """Stop sending events to ``listener``; unknown listeners are ignored.
@@ -137,6 +141,7 @@ class EventBus:
                 else:
                     self._by_policy.pop(policy, None)
             self._failed.discard(listener)
+            self.active = bool(self._all or self._by_policy)
 
     @contextmanager
     def subscribed(self, listener: Listener, *, policy: str | None = None) -> Iterator[None]:

@@ -1,10 +1,12 @@
 """Per-call telemetry for decorated policies, and the registry of named policies.
 
-Every decorated function gets one outermost *policy wrapper*, built at decoration time.
-With telemetry off (the default: importing resilience switches nothing on) it costs one
-attribute check per call. Integrations switch it on:
+Every decorated function gets one telemetry *gate*, built at decoration time: fused
+into the outermost strategy's own closure where that strategy supports it (Retry,
+CircuitBreaker, Timeout: see :class:`PolicyGate`), else a separate *policy wrapper*
+frame. With telemetry off (the default: importing resilience switches nothing on) it
+costs one attribute check per call. Integrations switch it on:
 
-- metrics (:mod:`resilience.prometheus`, :mod:`resilience.otel`) make the wrapper count
+- metrics (:mod:`resilience.prometheus`, :mod:`resilience.otel`) make the gate count
   the call's outcome into plain in-process lists of ints, read at scrape time; with
   durations on (Prometheus' call-duration histogram) it also reads the clock twice and
   buckets the duration. No metrics-library object is touched per call.
@@ -26,7 +28,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from .clock import SYSTEM_CLOCK, Clock, monotonic_ns
+from .clock import SYSTEM_CLOCK, Clock, SystemClock, monotonic_ns
 from .errors import RejectedError
 from .outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
 
@@ -36,18 +38,25 @@ if TYPE_CHECKING:
 __all__ = [
     "CALL_OUTCOMES",
     "CallObserver",
+    "NEVER",
+    "NEVER_OBSERVED",
     "POLICIES",
     "STATS",
     "TELEMETRY",
+    "PolicyGate",
     "PolicyStats",
+    "decorate",
     "error_type",
     "instrument",
+    "unobserved",
+    "unrecorded",
 ]
 
 COUNT: Final = 1
 TRACING: Final = 2
 TIME: Final = 4
 COUNT_TIME: Final = COUNT | TIME
+ALL_MODES: Final = COUNT | TRACING | TIME
 
 SUCCESS, KNOWN, UNKNOWN, REJECTED, CANCELLED = range(5)
 CALL_OUTCOMES: Final = ("success", "known_failure", "unknown_failure", "rejected", "cancelled")
@@ -261,39 +270,190 @@ def _classify_result(classifier: Classifier, result: Any) -> int:
 def instrument(
     strategy: Strategy, wrapped: AnyCallable, scope: Scope, *, is_async: bool
 ) -> AnyCallable:
-    """Register ``strategy`` under ``scope.policy``; put the policy wrapper around ``wrapped``."""
+    """Register ``strategy`` under ``scope.policy``; put the separate policy wrapper
+    around ``wrapped``, a closure the strategy already built (``call()`` / ``acall()``)."""
     POLICIES.add(scope.policy, strategy)
-    stats = STATS.get(scope.policy, scope.strategy)
-    classifier: Classifier = (
-        _find(strategy, ("classifier", "_classifier"), Classifier) or DEFAULT_CLASSIFIER
-    )
-    # Durations use the first injected clock (a FakeClock in tests), else the system's.
-    clock: Clock = _find(strategy, ("clock", "_clock"), Clock, SYSTEM_CLOCK) or SYSTEM_CLOCK
-    if is_async:
-        wrapper = _async_wrapper(wrapped, scope, stats, classifier, monotonic_ns(clock))
-    else:
-        wrapper = _sync_wrapper(wrapped, scope, stats, classifier, monotonic_ns(clock))
+    gate = PolicyGate(strategy, scope)
+    wrapper: AnyCallable = gate.wrap_async(wrapped) if is_async else gate.wrap_sync(wrapped)
     # The decorated function keeps its policy alive (``@Pipeline(...)`` inline has no
     # other owner), so the registry's weak entry lives exactly as long as the function.
     wrapper.__resilience_policy__ = strategy  # type: ignore[attr-defined]
     return wrapper
 
 
-def _sync_wrapper(
+def decorate(
+    strategy: Strategy, fn: Callable[..., Any], scope: Scope, *, is_async: bool
+) -> AnyCallable:
+    """Register ``strategy`` under ``scope.policy``; the decorated form of ``fn``.
+
+    The outermost strategy builds its closure with the policy's gate in it
+    (:meth:`Strategy._wrap_sync_policy`); by default that is its closure inside the
+    separate policy wrapper. ``fn`` itself comes back when the strategy has nothing to
+    do (an empty pipeline).
+    """
+    POLICIES.add(scope.policy, strategy)
+    gate = PolicyGate(strategy, scope)
+    if is_async:
+        wrapper = strategy._wrap_async_policy(fn, scope, gate)
+    else:
+        wrapper = strategy._wrap_sync_policy(fn, scope, gate)
+    if wrapper is fn:
+        return fn
+    wrapper.__resilience_policy__ = strategy  # type: ignore[attr-defined]
+    return wrapper
+
+
+NEVER: Final = _Telemetry()
+"""A switch that is never turned on: what every closure that is not a policy's outermost
+one reads, so that one closure body serves both."""
+
+
+NEVER_OBSERVED: Final = (False,) * (ALL_MODES + 1)
+"""``observe`` of a closure built with :data:`NEVER` (its mode is always 0)."""
+
+
+def unobserved(args: Any, kwargs: Any) -> Any:
+    """The ``observed`` of a closure built with :data:`NEVER`: never called."""
+    raise AssertionError("a closure built with the NEVER switch was observed")
+
+
+def unrecorded(error: BaseException, duration_ns: int) -> None:
+    """The ``failed`` of a closure that does not time calls itself: never called."""
+    raise AssertionError("a closure that does not record calls recorded one")
+
+
+class PolicyGate:
+    """The telemetry of one decorated function, handed to its outermost strategy.
+
+    A strategy either leaves it to :meth:`wrap_sync` / :meth:`wrap_async` (a separate
+    wrapper frame: one flag check per call while telemetry is off), or fuses it into its
+    own closure, which then starts with::
+
+        if switch.mode:                 # switch is TELEMETRY here, NEVER further in
+            return observed(args, kwargs)
+
+    where ``observed = gate.observe_sync(plain)`` and ``plain`` is the same closure built
+    with the :data:`NEVER` switch. While telemetry is off that costs one attribute read
+    and no frame; once on, ``observed`` runs ``plain`` counted, timed and traced.
+
+    Durations use the first injected clock of the policy (a FakeClock in tests), else
+    the system's. A strategy may also serve metrics in its own frame (:meth:`timed`),
+    sharing its own clock reads where it reads the system clock anyway (:meth:`shares`).
+    """
+
+    __slots__ = ("_stats", "by_result", "classifier", "clock", "now_ns", "scope", "switch")
+
+    def __init__(self, strategy: Strategy, scope: Scope) -> None:
+        self.scope = scope
+        self._stats: PolicyStats | None = None
+        classifier: Classifier = (
+            _find(strategy, ("classifier", "_classifier"), Classifier) or DEFAULT_CLASSIFIER
+        )
+        self.classifier = classifier
+        self.by_result = classifier.result is not None
+        self.clock: Clock = (
+            _find(strategy, ("clock", "_clock"), Clock, SYSTEM_CLOCK) or SYSTEM_CLOCK
+        )
+        self.now_ns = monotonic_ns(self.clock)
+        self.switch = TELEMETRY
+
+    @property
+    def stats(self) -> PolicyStats:
+        """The policy's counters (created on first use: a policy that turns out to have
+        nothing to wrap, an empty pipeline, gets none)."""
+        if self._stats is None:
+            self._stats = STATS.get(self.scope.policy, self.scope.strategy)
+        return self._stats
+
+    def shares(self, clock: Clock) -> bool:
+        """Whether a strategy reading ``clock`` may time the policy's calls with its own
+        two reads: both it and the policy's durations are the system clock (an injected
+        clock keeps the exact durations of :attr:`now_ns`). See :meth:`timed`."""
+        return type(clock) is SystemClock and type(self.clock) is SystemClock
+
+    def timed(self) -> tuple[tuple[bool, ...], list[int], Callable[[BaseException, int], None]]:
+        """What a strategy needs to time the policy's calls inline, in its own frame.
+
+        Returns ``(observe, succeeded, failed)``. ``observe[mode]`` says whether the
+        closure hands the call to ``observed`` (tracing always; every mode with a result
+        classifier): a tuple index, cheaper per call than a bit test. Otherwise it serves
+        ``COUNT_TIME`` itself: on success ``succeeded[d.bit_length()] += 1`` and
+        ``succeeded[SUM] += d`` (``d`` the duration in ns, from :attr:`now_ns` or from
+        reads it shares, see :meth:`shares`), on an exception ``failed(error, d)``; and
+        ``COUNT`` alone with ``succeeded[UNTIMED] += 1`` / ``failed(error, -1)``.
+        """
+        return self.observes(), self.stats.hist[SUCCESS], self.failed
+
+    def observes(self, *, inline: bool = True) -> tuple[bool, ...]:
+        """``observe[mode]``, by mode: whether a fused closure hands the call to
+        ``observed``; every nonzero mode unless the closure serves metrics ``inline``."""
+        full = ~0 if self.by_result or not inline else TRACING
+        return tuple(bool(mode & full) for mode in range(ALL_MODES + 1))
+
+    def failed(self, error: BaseException, duration_ns: int) -> None:
+        """Record ``error`` ending a call that took ``duration_ns`` (``-1``: untimed)."""
+        outcome = _classify_error(self.classifier, error)
+        if duration_ns < 0:
+            self.stats.count(outcome)
+        else:
+            self.stats.record(outcome, duration_ns)
+
+    def observe_sync(self, plain: AnyCallable) -> Callable[[Any, Any], Any]:
+        """``observed(args, kwargs)``: ``plain(*args, **kwargs)`` under telemetry."""
+        return _sync_observer(plain, self.scope, self.stats, self.classifier, self.now_ns)
+
+    def observe_async(self, plain: AsyncCallable) -> Callable[[Any, Any], Any]:
+        """The async twin of :meth:`observe_sync` (``await observed(args, kwargs)``)."""
+        return _async_observer(plain, self.scope, self.stats, self.classifier, self.now_ns)
+
+    def wrap_sync(self, plain: AnyCallable) -> AnyCallable:
+        """The separate policy wrapper around ``plain``."""
+        return _sync_wrapper(plain, self.scope, self.stats, self.classifier, self.now_ns)
+
+    def wrap_async(self, plain: AsyncCallable) -> AsyncCallable:
+        """The separate policy wrapper around the coroutine function ``plain``."""
+        return _async_wrapper(plain, self.scope, self.stats, self.classifier, self.now_ns)
+
+
+def _sync_observer(
     inner: AnyCallable,
     scope: Scope,
     stats: PolicyStats,
     classifier: Classifier,
     now_ns: Callable[[], int],
-) -> AnyCallable:
+) -> Callable[[Any, Any], Any]:
     gate = TELEMETRY
     succ = stats.hist[SUCCESS]
+    # Without a result classifier, metrics alone (the common case) are served inline.
+    plain = COUNT_TIME if classifier.result is None else -1
+    counting = COUNT if classifier.result is None else -1
     by_result = classifier.result is not None
 
     def observed(args: Any, kwargs: Any) -> Any:
+        mode = gate.mode
+        if mode == plain:
+            # Metrics with durations: two clock reads, one bucket, one sum.
+            t0 = now_ns()
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                stats.record(_classify_error(classifier, exc), now_ns() - t0)
+                raise
+            d = now_ns() - t0
+            succ[d.bit_length()] += 1
+            succ[SUM] += d
+            return result
+        if mode == counting:
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                stats.count(_classify_error(classifier, exc))
+                raise
+            succ[UNTIMED] += 1
+            return result
+        # Tracing (with or without metrics), or a result classifier.
         observer = gate.observer
         handle = observer.begin(scope) if observer is not None else None
-        mode = gate.mode
         if handle is None and not mode & COUNT:
             return inner(*args, **kwargs)
         t0 = now_ns() if mode & TIME else 0
@@ -311,7 +471,21 @@ def _sync_wrapper(
             observer.end(handle, CALL_OUTCOMES[outcome], None)
         return result
 
-    if by_result:
+    return observed
+
+
+def _sync_wrapper(
+    inner: AnyCallable,
+    scope: Scope,
+    stats: PolicyStats,
+    classifier: Classifier,
+    now_ns: Callable[[], int],
+) -> AnyCallable:
+    gate = TELEMETRY
+    observed = _sync_observer(inner, scope, stats, classifier, now_ns)
+    succ = stats.hist[SUCCESS]
+
+    if classifier.result is not None:
 
         def policy_classified(*args: Any, **kwargs: Any) -> Any:
             if not gate.mode:
@@ -325,7 +499,7 @@ def _sync_wrapper(
         if not mode:
             return inner(*args, **kwargs)
         if mode == COUNT_TIME:
-            # Metrics with durations, inlined: two clock reads, one bucket, one sum.
+            # Metrics with durations, inlined (as in ``observed``): no frame more.
             t0 = now_ns()
             try:
                 result = inner(*args, **kwargs)
@@ -335,14 +509,6 @@ def _sync_wrapper(
             d = now_ns() - t0
             succ[d.bit_length()] += 1
             succ[SUM] += d
-            return result
-        if mode == COUNT:
-            try:
-                result = inner(*args, **kwargs)
-            except BaseException as exc:
-                stats.count(_classify_error(classifier, exc))
-                raise
-            succ[UNTIMED] += 1
             return result
         return observed(args, kwargs)
 
@@ -365,6 +531,24 @@ def _async_wrapper(
     classifier: Classifier,
     now_ns: Callable[[], int],
 ) -> AsyncCallable:
+    gate = TELEMETRY
+    observed = _async_observer(inner, scope, stats, classifier, now_ns)
+
+    async def policy(*args: Any, **kwargs: Any) -> Any:
+        if not gate.mode:
+            return await inner(*args, **kwargs)
+        return await observed(args, kwargs)
+
+    return policy
+
+
+def _async_observer(
+    inner: AsyncCallable,
+    scope: Scope,
+    stats: PolicyStats,
+    classifier: Classifier,
+    now_ns: Callable[[], int],
+) -> Callable[[Any, Any], Any]:
     gate = TELEMETRY
     by_result = classifier.result is not None
 
@@ -389,9 +573,4 @@ def _async_wrapper(
             observer.end(handle, CALL_OUTCOMES[outcome], None)
         return result
 
-    async def policy(*args: Any, **kwargs: Any) -> Any:
-        if not gate.mode:
-            return await inner(*args, **kwargs)
-        return await observed(args, kwargs)
-
-    return policy
+    return observed
