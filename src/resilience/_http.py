@@ -39,6 +39,7 @@ from ._core.events import EVENTS, Event, Severity
 from ._core.options import UNSET, to_int, to_seconds
 from ._core.outcome import Classifier, Outcome
 from ._core.strategy import AsyncCallable, Pipeline, Scope, Strategy
+from ._core.telemetry import instrument
 from .backoff import Backoff, Schedule
 from .retry import Retry, RetryBudget, _to_schedule
 
@@ -667,10 +668,15 @@ class Engine:
             inner = Pipeline(*self.strategies)._wrap_sync(inner, Scope(self.name, "pipeline"))
         attempt = self._attempt_sync(inner, discard)
         scope = Scope(self.name, "retry")
-        return (
-            attempt,
-            self._not_sent._wrap_sync(attempt, scope),
-            self._full._wrap_sync(attempt, scope),
+        # Each path gets the policy wrapper: one span and one counted call per request.
+        policy = Scope(self.name, "http")
+        return tuple(
+            instrument(self._full, path, policy, is_async=False)
+            for path in (
+                attempt,
+                self._not_sent._wrap_sync(attempt, scope),
+                self._full._wrap_sync(attempt, scope),
+            )
         )
 
     def build_async(
@@ -690,10 +696,14 @@ class Engine:
             inner = Pipeline(*self.strategies)._wrap_async(inner, Scope(self.name, "pipeline"))
         attempt = self._attempt_async(inner, discard)
         scope = Scope(self.name, "retry")
-        return (
-            attempt,
-            self._not_sent._wrap_async(attempt, scope),
-            self._full._wrap_async(attempt, scope),
+        policy = Scope(self.name, "http")
+        return tuple(
+            instrument(self._full, path, policy, is_async=True)
+            for path in (
+                attempt,
+                self._not_sent._wrap_async(attempt, scope),
+                self._full._wrap_async(attempt, scope),
+            )
         )
 
     def _attempt_sync(

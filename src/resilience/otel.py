@@ -38,6 +38,7 @@ from . import __version__, _metrics
 from ._core.events import EVENTS, CallRejected, Event, StateChanged
 from ._core.strategy import Scope
 from ._core.telemetry import TELEMETRY, error_type
+from ._http import RequestAttempted
 from .fallback import FallbackUsed
 from .retry import RetryGaveUp, RetryScheduled
 from .timeout import TimedOut
@@ -140,6 +141,17 @@ def _event_attributes(event: Event) -> tuple[str, dict[str, Any]] | None:
         attrs["resilience.from_state"] = event.from_state
         attrs["resilience.to_state"] = event.to_state
         name = "resilience.state_changed"
+    elif isinstance(event, RequestAttempted):
+        # The HTTP client semantic conventions; never the URL (unbounded, may hold secrets).
+        attrs["http.request.method"] = event.method
+        attrs["server.address"] = event.server_address
+        attrs["server.port"] = event.server_port
+        attrs["http.request.resend_count"] = event.resend_count
+        if event.status is not None:
+            attrs["http.response.status_code"] = event.status
+            if event.status >= 400:
+                attrs["error.type"] = str(event.status)
+        name = "resilience.http.attempt"
     else:
         return None
     error = getattr(event, "error", None)
@@ -159,6 +171,8 @@ def _span_events(event: Event) -> None:
     name, attrs = described
     if isinstance(event, RetryScheduled):
         span.set_attribute("resilience.attempts", event.attempt + 1)
+    elif isinstance(event, RequestAttempted) and event.resend_count > 0:
+        span.set_attribute("http.request.resend_count", event.resend_count)
     span.add_event(name, attrs)
 
 
