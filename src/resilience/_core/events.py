@@ -11,7 +11,6 @@ object is even built (strategies ask :meth:`EventBus.wants` first).
 from __future__ import annotations
 
 import enum
-import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,16 +29,14 @@ __all__ = [
     "unsubscribe",
 ]
 
-logger = logging.getLogger("resilience")
-
 
 class Severity(enum.IntEnum):
     """How much an event matters to an operator; values match :mod:`logging` levels."""
 
-    DEBUG = logging.DEBUG
-    INFO = logging.INFO
-    WARNING = logging.WARNING
-    ERROR = logging.ERROR
+    DEBUG = 10
+    INFO = 20
+    WARNING = 30
+    ERROR = 40
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,7 +166,9 @@ class EventBus:
         except Exception:
             if listener not in self._failed:
                 self._failed.add(listener)
-                logger.exception(
+                import logging  # imported when first needed: ``import resilience`` stays cheap
+
+                logging.getLogger("resilience").exception(
                     "resilience: event listener %r raised; the call goes on and further "
                     "errors from this listener are not logged",
                     listener,

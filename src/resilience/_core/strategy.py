@@ -12,7 +12,6 @@ is itself a strategy, so pipelines nest and decorate like any other.
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, ParamSpec, TypeVar
 
@@ -46,7 +45,15 @@ def _default_policy(fn: Callable[..., Any]) -> str:
     return name if isinstance(name, str) else type(fn).__name__
 
 
+def _is_coroutine_function(fn: Callable[..., Any]) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
 def _refuse_generators(strategy: Strategy, fn: Callable[..., Any]) -> None:
+    import inspect  # decoration time only; keeps ``import resilience`` cheap
+
     if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
         kind = "an async generator" if inspect.isasyncgenfunction(fn) else "a generator"
         raise TypeError(
@@ -123,7 +130,7 @@ class Strategy:
             raise TypeError(f"{type(self).__name__} decorates a callable, got {fn!r}")
         _refuse_generators(self, fn)
         scope = self._scope_for(fn)
-        is_async = inspect.iscoroutinefunction(fn)
+        is_async = _is_coroutine_function(fn)
         if not is_async:
             self._check_sync(fn)
         # The outermost closure carries the policy's telemetry gate: one flag check per
@@ -139,7 +146,7 @@ class Strategy:
 
         Decorating is the fast path; ``call`` builds the wrapper each time.
         """
-        if inspect.iscoroutinefunction(fn):
+        if _is_coroutine_function(fn):
             raise TypeError("call() runs sync callables; use `await acall(...)` for coroutines")
         _refuse_generators(self, fn)
         self._check_sync(fn)
