@@ -21,7 +21,10 @@ and all others even, so a permit also says whether it was a probe.
 The machine takes a short lock around each decision and never while the protected call
 runs. In the closed state the drivers admit without the lock: they read the epoch and
 then the state, and transitions write the state before the epoch, so a permit read
-this way is either current and closed, or stale and ignored.
+this way is either current and closed, or stale and ignored. Under the GIL two more
+decisions skip it: a success of the current closed epoch (count window) and a rejection
+by an open breaker not yet due, each a check and an update with no thread switch
+possible in between.
 """
 
 from __future__ import annotations
