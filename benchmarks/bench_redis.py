@@ -149,7 +149,7 @@ def bench_breaker(url: str, prefix: str) -> list[tuple[str, float]]:
             ),
         ]
     finally:
-        shared.close()
+        shared.stop()
         client.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -35,3 +36,11 @@ def need_server(what: str, error: BaseException) -> None:
     if IN_CI:
         pytest.fail(f"{msg} (CI=true: the server must be running)")
     pytest.skip(msg)
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    """A redis-server of the test's own on a free loopback port (tests/_redis_server.py)."""
+    from tests._redis_server import start_server
+
+    yield from start_server()

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from tests._redis_server import Server, free_port
 from tests.conftest import need_server
 
 import resilience
@@ -279,73 +276,6 @@ def test_four_processes_of_eight_threads_stay_within_the_limit_and_use_it(
 
 
 # -- outages ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A redis-server of the test's own, on a free loopback port, that it may kill."""
-
-    def __init__(self, port: int, workdir: str) -> None:
-        self.port = port
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.workdir,
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        c = redis.Redis(port=self.port)
-        deadline = time.perf_counter() + 5.0
-        while True:
-            try:
-                c.ping()
-                break
-            except redis.ConnectionError:
-                if time.perf_counter() > deadline:
-                    raise
-                time.sleep(0.02)
-        c.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    if not (shutil.which("redis-server") or os.path.exists("/usr/bin/redis-server")):
-        need_server("the redis-server binary", FileNotFoundError("redis-server"))
-    with tempfile.TemporaryDirectory() as workdir:
-        s = Server(free_port(), workdir)
-        s.start()
-        yield s
-        if s.proc is not None and s.proc.poll() is None:
-            s.proc.send_signal(signal.SIGCONT)
-            s.kill()
-
-
 def run_calls(limiter: RedisRateLimiter, seconds: float) -> tuple[int, float]:
     """Call as fast as possible for ``seconds``: (admitted, slowest call in seconds)."""
     admitted = 0

@@ -112,7 +112,9 @@ class CircuitStateChanged(StateChanged):
     Attributes:
         reason: why: ``consecutive_failures``, ``failure_rate``, ``slow_call_rate``,
             ``open_duration_elapsed``, ``probes_succeeded``, ``probe_failed``,
-            ``probe_slow``, ``probe_timeout`` or ``manual``.
+            ``probe_slow``, ``probe_timeout``, ``manual`` or ``shared`` (the state of a
+            fleet's shared circuit, adopted by this replica's breaker; see
+            :class:`~resilience.redis.RedisCircuitBreaker`).
         failure_rate: percent of failed calls in the closed-state window when it
             happened (``None`` when the breaker does not measure it, e.g. pybreaker).
         slow_call_rate: percent of slow calls in that window (``None`` likewise).
@@ -738,6 +740,46 @@ class _Machine:
             if new is _OPEN:
                 self._open_level = 0
             return self._to(new, "manual", now)
+
+    def follow(
+        self, new: CircuitState, open_until: float, now: float, since: int
+    ) -> tuple[_Transition | None, int]:
+        """Adopt a state decided elsewhere (a fleet's shared circuit), reason ``shared``.
+
+        ``open_until`` (this machine's clock) is the end of the open time when ``new`` is
+        ``open``. ``since`` is the epoch the caller last saw: an open state reached after
+        it is this machine's own trip, not yet known elsewhere, and is kept. So is a
+        manual state (forced open, disabled, metrics only): a hand on this replica
+        outranks the fleet. Answers the transition made (or ``None``) and the epoch the
+        caller has now seen (``since`` again when a trip of its own was kept).
+        """
+        with self._lock:
+            state = self._state
+            if state is _FORCED_OPEN or state is _DISABLED or state is _METRICS_ONLY:
+                return None, self._epoch
+            if state is _OPEN and self._epoch != since and new is not _OPEN:
+                return None, since
+            transition = None
+            if new is _OPEN:
+                if state is not _OPEN:
+                    transition = self._to(_OPEN, "shared", now)
+                self._open_until = open_until
+            elif state is not new:
+                transition = self._to(new, "shared", now)
+            return transition, self._epoch
+
+    def counts_as_failure(self, error: BaseException) -> bool:
+        """Whether ``error`` is an unknown failure this breaker records (not ignored)."""
+        return not isinstance(error, self._ignore) and (
+            self._classifier.classify_exception(error) is Outcome.UNKNOWN_FAILURE
+        )
+
+    def result_fails(self, result: Any) -> bool | None:
+        """``True``: an unknown failure, ``False``: a success, ``None``: neither."""
+        outcome = self._classifier.classify_result(result)
+        if outcome is Outcome.SUCCESS:
+            return False
+        return True if outcome is Outcome.UNKNOWN_FAILURE else None
 
     def reset(self, now: float) -> _Transition | None:
         with self._lock:

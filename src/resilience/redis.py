@@ -16,12 +16,9 @@ Importing :mod:`resilience` never imports this module nor ``redis``.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
-import threading
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import redis
 import redis.asyncio
@@ -30,16 +27,15 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
-from ._core.clock import SYSTEM_CLOCK, Clock
-from ._core.events import EVENTS, StateChanged
+from ._core.clock import Clock
+from ._core.events import EVENTS
 from ._core.options import to_int, to_seconds
-from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
-from .circuit_breaker import CircuitBreaker, CircuitOpenError, CircuitRejected, CircuitState
+from ._core.strategy import AnyCallable, AsyncCallable, Scope
+from ._redis_breaker import RedisCircuitBreaker
+from ._redis_link import SharedStateLost, SharedStateRestored, _Link, _report_lost, _report_restored
 from .rate_limit import _US, RateLimited, RateLimitedError, RateLimiter
 
 __all__ = ["RedisCircuitBreaker", "RedisRateLimiter", "SharedStateLost", "SharedStateRestored"]
-
-logger = logging.getLogger("resilience")
 
 OnRedisError = Literal["fail_open", "fail_closed"]
 
@@ -88,24 +84,6 @@ return {wait, tat - now, sec, usec}
 """
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SharedStateLost(StateChanged):
-    """Redis could not be reached: the strategy runs on its local fallback (or refuses).
-
-    ``from_state="shared"``, ``to_state`` is ``"local"`` (``fail_open``) or
-    ``"closed"`` (``fail_closed``); ``error`` names the Redis error.
-    """
-
-    error: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SharedStateRestored(StateChanged):
-    """Redis answered again: the strategy is back on the shared state."""
-
-    outage: float
-
-
 class _Reply:
     """One answer of the script: the wait (units), ``tat - now`` (units), Redis time (µs)."""
 
@@ -115,66 +93,6 @@ class _Reply:
         self.wait = int(raw[0])
         self.used = int(raw[1])
         self.server_us = int(raw[2]) * _US + int(raw[3])
-
-
-class _Link:
-    """Whether Redis is usable now, and when to try it again after a failure.
-
-    After an error every call goes to the fallback without touching Redis until the
-    backoff has passed; then one call (the probe) tries Redis while the others still
-    use the fallback, so an outage costs at most one command timeout per backoff.
-    """
-
-    __slots__ = (
-        "backoff",
-        "down_since",
-        "lock",
-        "max_backoff",
-        "min_backoff",
-        "probing",
-        "retry_at",
-    )
-
-    def __init__(self, min_backoff: float, max_backoff: float) -> None:
-        self.lock = threading.Lock()
-        self.min_backoff = min_backoff
-        self.max_backoff = max_backoff
-        self.backoff = min_backoff
-        self.down_since: float | None = None
-        self.retry_at = 0.0
-        self.probing = False
-
-    def may_try(self, now: float) -> bool:
-        """Whether this call may use Redis (a probe is granted to one call at a time)."""
-        if self.down_since is None:
-            return True
-        with self.lock:
-            if self.probing or now < self.retry_at:
-                return False
-            self.probing = True
-            return True
-
-    def failed(self, now: float) -> bool:
-        """Record a failure; answers whether Redis was up until now (the outage begins)."""
-        with self.lock:
-            self.probing = False
-            began = self.down_since is None
-            if began:
-                self.down_since = now
-                self.backoff = self.min_backoff
-            else:
-                self.backoff = min(self.backoff * 2.0, self.max_backoff)
-            self.retry_at = now + self.backoff
-            return began
-
-    def worked(self, now: float) -> float | None:
-        """Record a success; answers the outage's length when it just ended."""
-        if self.down_since is None:
-            return None
-        with self.lock:
-            since, self.down_since = self.down_since, None
-            self.probing = False
-            return None if since is None else now - since
 
 
 class RedisRateLimiter(RateLimiter):
@@ -388,48 +306,21 @@ class RedisRateLimiter(RateLimiter):
     def _lost(self, scope: Scope, exc: BaseException) -> None:
         if not self._link.failed(self._clock.now()):
             return
-        to_state = "local" if self._on_error == "fail_open" else "closed"
-        logger.warning(
-            "resilience: %s/%s cannot reach Redis (%r); %s until it answers again",
-            scope.policy,
-            scope.strategy,
+        local = self._on_error == "fail_open"
+        _report_lost(
+            scope,
+            self._clock.now(),
+            "local" if local else "closed",
             exc,
-            "limiting locally at rate/fleet_size" if to_state == "local" else "rejecting calls",
+            "limiting locally at rate/fleet_size" if local else "rejecting calls",
         )
-        if EVENTS.wants(scope.policy):
-            EVENTS.publish(
-                SharedStateLost(
-                    policy=scope.policy,
-                    strategy=scope.strategy,
-                    time=self._clock.now(),
-                    from_state="shared",
-                    to_state=to_state,
-                    error=type(exc).__name__,
-                )
-            )
 
     def _restored(self, scope: Scope) -> None:
         now = self._clock.now()
         outage = self._link.worked(now)
-        if outage is None:
-            return
-        logger.warning(
-            "resilience: %s/%s reaches Redis again after %.3f s; limiting is shared again",
-            scope.policy,
-            scope.strategy,
-            outage,
-        )
-        if EVENTS.wants(scope.policy):
-            EVENTS.publish(
-                SharedStateRestored(
-                    policy=scope.policy,
-                    strategy=scope.strategy,
-                    time=now,
-                    from_state="local" if self._on_error == "fail_open" else "closed",
-                    to_state="shared",
-                    outage=outage,
-                )
-            )
+        if outage is not None:
+            from_state = "local" if self._on_error == "fail_open" else "closed"
+            _report_restored(scope, now, from_state, outage, "limiting")
 
     def _unavailable(self, scope: Scope) -> RateLimitedError:
         retry_after = max(self._link.retry_at - self._clock.now(), 1e-6)
@@ -587,274 +478,3 @@ class RedisRateLimiter(RateLimiter):
     async def __aenter__(self) -> RedisRateLimiter:
         await self._acquire_async(self._cm_scope)
         return self
-
-
-# -- the shared trip of a circuit breaker ---------------------------------------------------------
-
-
-class RedisCircuitBreaker(Strategy):
-    """A local :class:`~resilience.CircuitBreaker` whose *open* state is shared by the fleet.
-
-    Each replica decides locally, with no Redis round trip per call: from its own breaker
-    and from the last known shared state. When the local breaker trips, a background
-    thread writes ``prefix + key`` with the breaker's open time as its TTL (``SET PX``);
-    every replica polls the key's remaining TTL every ``poll_interval`` and rejects with
-    :class:`~resilience.CircuitOpenError` until it has passed. A replica started later
-    reads the key before its first poll interval ends, so a restart resets nothing.
-
-    Parameters:
-        breaker: the local :class:`~resilience.CircuitBreaker` (its options decide
-            when to trip, how long to stay open, and its half-open probes).
-        client: a ``redis.Redis`` used only by the background thread (give it short
-            timeouts, as for :class:`RedisRateLimiter`).
-        key: the Redis key suffix naming the shared circuit; default ``name`` or the
-            breaker's name. Different keys never interact.
-        prefix: default ``"resilience:breaker:"``.
-        poll_interval: seconds between two reads of the shared state, ``> 0`` and
-            ``<= 1``; default 0.25: every replica rejects within about that long after
-            one trips.
-        min_backoff, max_backoff: seconds between attempts to reach Redis after a
-            failure (default 0.5 and 5); meanwhile the local breaker alone decides.
-        name: the policy name when used alone; ``clock``: injected time (tests).
-
-    Call :meth:`close` to stop the background thread.
-    """
-
-    kind: ClassVar[str] = "circuit_breaker"
-    __slots__ = (
-        "_breaker",
-        "_client",
-        "_clock",
-        "_key",
-        "_link",
-        "_lock",
-        "_open_until",
-        "_poll",
-        "_published",
-        "_stop",
-        "_thread",
-        "_wake",
-    )
-
-    def __init__(
-        self,
-        breaker: CircuitBreaker,
-        client: Any,
-        *,
-        key: str | None = None,
-        prefix: str = "resilience:breaker:",
-        poll_interval: float | timedelta = 0.25,
-        min_backoff: float | timedelta = 0.5,
-        max_backoff: float | timedelta = 5.0,
-        name: str | None = None,
-        clock: Clock | None = None,
-    ) -> None:
-        super().__init__(name=name)
-        if not isinstance(breaker, CircuitBreaker):
-            raise TypeError(f"breaker must be a CircuitBreaker, got {breaker!r}")
-        if not isinstance(client, redis.Redis):
-            raise TypeError(f"client must be a redis.Redis, got {client!r}")
-        if key is None:
-            key = self.name or breaker.name
-        if not isinstance(key, str) or not key:
-            raise ValueError(
-                f"key must be a non-empty str (or give name=, the default key), got {key!r}"
-            )
-        if not isinstance(prefix, str):
-            raise TypeError(f"prefix must be a str, got {prefix!r}")
-        self._poll = to_seconds("poll_interval", poll_interval, exclusive_minimum=True, maximum=1.0)
-        low = to_seconds("min_backoff", min_backoff, exclusive_minimum=True)
-        high = to_seconds("max_backoff", max_backoff, minimum=low)
-        if clock is not None and not isinstance(clock, Clock):
-            raise TypeError(f"clock must be a Clock, got {clock!r}")
-        self._clock = clock or SYSTEM_CLOCK
-        self._breaker = breaker
-        self._client = client
-        self._key = prefix + key
-        self._link = _Link(low, high)
-        self._lock = threading.Lock()
-        self._open_until = 0.0  # local clock; 0: the shared circuit is not open
-        self._published = 0.0  # local open_until last written to Redis
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"resilience-breaker-sync:{key}", daemon=True
-        )
-        self._thread.start()
-
-    def __repr__(self) -> str:
-        return f"RedisCircuitBreaker({self._breaker!r}, key={self._key!r})"
-
-    @property
-    def key(self) -> str:
-        """The Redis key of the shared circuit."""
-        return self._key
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        """The local breaker."""
-        return self._breaker
-
-    @property
-    def shared_open(self) -> bool:
-        """Whether the last known shared state says the circuit is open."""
-        return self._clock.now() < self._open_until
-
-    @property
-    def shared(self) -> bool:
-        """Whether the last attempt to reach Redis worked."""
-        return self._link.down_since is None
-
-    def snapshot(self) -> dict[str, Any]:
-        """The local breaker's snapshot plus ``shared``, ``shared_open`` and ``key``."""
-        snap = self._breaker.snapshot()
-        snap.update(shared=self.shared, shared_open=self.shared_open, key=self._key)
-        return snap
-
-    def close(self) -> None:
-        """Stop the background thread (the shared state stays in Redis)."""
-        self._stop.set()
-        self._wake.set()
-        self._thread.join(timeout=5.0)
-
-    # -- the background thread ------------------------------------------------------------------
-    def _run(self) -> None:
-        scope = Scope(self.name or self._key, self.kind)
-        while not self._stop.is_set():
-            now = self._clock.now()
-            if self._link.may_try(now):
-                try:
-                    self._sync_once(now)
-                except RedisError as exc:
-                    self._open_until = 0.0  # an outage: the local breaker alone decides
-                    if self._link.failed(now):
-                        _report_lost(scope, self._clock.now(), "local", exc)
-                else:
-                    outage = self._link.worked(self._clock.now())
-                    if outage is not None:
-                        _report_restored(scope, self._clock.now(), "local", outage)
-            self._wake.wait(self._poll)
-            self._wake.clear()
-
-    def _sync_once(self, now: float) -> None:
-        """Publish a local trip not yet published, then read the shared open time."""
-        snap = self._breaker.snapshot()
-        left = snap.get("open_until")
-        local_until = now + left if snap.get("state") == "open" and left else 0.0
-        if local_until > self._published + 1e-3 and local_until > self._open_until:
-            ms = max(1, int((local_until - now) * 1000))
-            # Redis keeps the time: the key's TTL is the circuit's remaining open time.
-            self._client.set(self._key, b"open", px=ms)
-            self._published = local_until
-        # One round trip; a key of anything else under this name is not an open circuit.
-        pipe: Any = self._client.pipeline(transaction=False)
-        pipe.get(self._key)
-        pipe.pttl(self._key)
-        value, pttl = pipe.execute()
-        pttl = int(pttl) if value in (b"open", "open") else 0
-        self._open_until = now + pttl / 1000.0 if pttl > 0 else 0.0
-
-    def _tripped(self) -> None:
-        """After a failed call: wake the thread at once if the local breaker just opened."""
-        if self._breaker.state is CircuitState.OPEN:
-            self._wake.set()
-
-    def _reject(self, scope: Scope, now: float) -> CircuitOpenError:
-        retry_after = self._open_until - now
-        if EVENTS.wants(scope.policy):
-            EVENTS.publish(
-                CircuitRejected(
-                    policy=scope.policy,
-                    strategy=scope.strategy,
-                    time=now,
-                    reason="circuit_open",
-                    retry_after=retry_after,
-                    state="open",
-                )
-            )
-        return CircuitOpenError(
-            f"{scope.policy}/{scope.strategy}: the shared circuit {self._key!r} is open; "
-            f"next probe in {retry_after:.3f} s",
-            policy=scope.policy,
-            state=CircuitState.OPEN,
-            retry_after=retry_after,
-        )
-
-    # -- drivers ----------------------------------------------------------------------------------
-    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
-        inner = self._breaker._wrap_sync(fn, scope)
-        now = self._clock.now
-        tripped = self._tripped
-
-        def shared_breaker_sync(*args: Any, **kwargs: Any) -> Any:
-            t = now()
-            if t < self._open_until:
-                raise self._reject(scope, t)
-            try:
-                return inner(*args, **kwargs)
-            except CircuitOpenError:
-                raise  # rejected by the local breaker: nothing new to publish
-            except Exception:
-                tripped()
-                raise
-
-        return shared_breaker_sync
-
-    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
-        inner = self._breaker._wrap_async(fn, scope)
-        now = self._clock.now
-        tripped = self._tripped
-
-        async def shared_breaker_async(*args: Any, **kwargs: Any) -> Any:
-            t = now()
-            if t < self._open_until:
-                raise self._reject(scope, t)
-            try:
-                return await inner(*args, **kwargs)
-            except CircuitOpenError:
-                raise  # rejected by the local breaker: nothing new to publish
-            except Exception:
-                tripped()
-                raise
-
-        return shared_breaker_async
-
-
-def _report_lost(scope: Scope, now: float, to_state: str, exc: BaseException) -> None:
-    logger.warning(
-        "resilience: %s/%s cannot reach Redis (%r); deciding locally until it answers again",
-        scope.policy,
-        scope.strategy,
-        exc,
-    )
-    if EVENTS.wants(scope.policy):
-        EVENTS.publish(
-            SharedStateLost(
-                policy=scope.policy,
-                strategy=scope.strategy,
-                time=now,
-                from_state="shared",
-                to_state=to_state,
-                error=type(exc).__name__,
-            )
-        )
-
-
-def _report_restored(scope: Scope, now: float, from_state: str, outage: float) -> None:
-    logger.warning(
-        "resilience: %s/%s reaches Redis again after %.3f s; the state is shared again",
-        scope.policy,
-        scope.strategy,
-        outage,
-    )
-    if EVENTS.wants(scope.policy):
-        EVENTS.publish(
-            SharedStateRestored(
-                policy=scope.policy,
-                strategy=scope.strategy,
-                time=now,
-                from_state=from_state,
-                to_state="shared",
-                outage=outage,
-            )
-        )
