@@ -8,8 +8,12 @@ run. The benchmark starts a redis-server of its own on a free loopback port (so 
 - Per call, sync and async: a bare call, the local ``RateLimiter`` and the shared
   ``RedisRateLimiter`` (limits so high that every call is admitted): the shared
   limiter's overhead is one loopback round trip running the GCRA script.
-- Per call, sync: the local ``CircuitBreaker`` and ``RedisCircuitBreaker`` around it
-  (closed): the shared breaker reads no Redis on the call path.
+- Per call, sync and async: the local ``CircuitBreaker``, ``RedisCircuitBreaker``
+  around it (closed: the call path sends nothing to Redis) and pybreaker, in memory and
+  with its ``CircuitRedisStorage`` (a round trip or more per call).
+- Redis round trips and commands per 1,000 calls of a closed shared breaker (flat out,
+  and paced at 1,000 calls/s: the background sync sends one script per
+  ``poll_interval`` whatever the traffic) and of pybreaker's Redis storage.
 - Redis commands per 1,000 admitted calls, from ``INFO commandstats`` deltas: the
   round trips (``EVALSHA``) and the commands the script runs inside Redis.
 """
@@ -28,6 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pybreaker
 import redis
 import redis.asyncio
 
@@ -40,6 +45,8 @@ QUICK = os.environ.get("RESILIENCE_BENCH_QUICK", "") not in ("", "0")
 NUMBER = 200 if QUICK else 5_000
 REPEAT = 1 if QUICK else 5
 HUGE = 10**6
+# Commands a client sends (each one round trip); the others run inside scripts.
+_ROUND_TRIPS = {"evalsha", "eval", "get", "set", "incr", "exists", "hget", "hset", "pipeline"}
 
 
 @contextmanager
@@ -136,6 +143,9 @@ def bench_breaker(url: str, prefix: str) -> list[tuple[str, float]]:
 
     client = redis.Redis.from_url(url)
     shared = RedisCircuitBreaker(CircuitBreaker(), client, key="bench-breaker", prefix=prefix)
+    storage = pybreaker.CircuitRedisStorage(
+        pybreaker.STATE_CLOSED, client, namespace=prefix + "pybreaker"
+    )
     try:
         return [
             ("bare call", ns_per_call(work, number=NUMBER, repeat=REPEAT)),
@@ -147,10 +157,104 @@ def bench_breaker(url: str, prefix: str) -> list[tuple[str, float]]:
                 "RedisCircuitBreaker, decorator",
                 ns_per_call(shared(work), number=NUMBER, repeat=REPEAT),
             ),
+            (
+                "pybreaker (memory storage)",
+                ns_per_call(pybreaker.CircuitBreaker()(work), number=NUMBER, repeat=REPEAT),
+            ),
+            (
+                "pybreaker (CircuitRedisStorage)",
+                ns_per_call(
+                    pybreaker.CircuitBreaker(state_storage=storage)(work),
+                    number=NUMBER // 10,
+                    repeat=REPEAT,
+                ),
+            ),
         ]
     finally:
         shared.stop()
         client.close()
+
+
+def bench_breaker_async(url: str, prefix: str) -> list[tuple[str, float]]:
+    async def work() -> int:
+        return 1
+
+    async def shared_ns() -> float:
+        client = redis.asyncio.Redis.from_url(url)
+        shared = RedisCircuitBreaker(CircuitBreaker(), client, key="bench-abreaker", prefix=prefix)
+        decorated = shared(work)
+        try:
+            await decorated()  # starts the worker
+            best = float("inf")
+            for _ in range(REPEAT):
+                t0 = time.perf_counter_ns()
+                for _ in range(NUMBER):
+                    await decorated()
+                best = min(best, (time.perf_counter_ns() - t0) / NUMBER)
+            return best
+        finally:
+            await shared.astop()
+            await client.aclose()
+
+    return [
+        ("bare await", ans_per_call(work, number=NUMBER, repeat=REPEAT)),
+        (
+            "CircuitBreaker (local), decorator",
+            ans_per_call(CircuitBreaker()(work), number=NUMBER, repeat=REPEAT),
+        ),
+        ("RedisCircuitBreaker (redis.asyncio), decorator", asyncio.run(shared_ns())),
+    ]
+
+
+def _command_calls(client: redis.Redis) -> dict[str, int]:
+    stats = client.info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    delta = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
+    delta["info"] = delta.get("info", 1) - 1  # the INFO that read ``after``
+    return {k: n for k, n in sorted(delta.items()) if n}
+
+
+def breaker_commands(url: str, prefix: str) -> list[tuple[str, int, dict[str, int]]]:
+    """Commands per 1,000 calls of a closed shared breaker, flat out and at 1,000 calls/s,
+    and of pybreaker with its Redis storage; ``INFO commandstats`` deltas."""
+    seconds = 0.2 if QUICK else 1.0
+    client = redis.Redis.from_url(url)
+    rows = []
+
+    def work() -> int:
+        return 1
+
+    for label, pause in (("flat out", 0.0), ("1,000 calls/s", 0.001)):
+        shared = RedisCircuitBreaker(
+            CircuitBreaker(), client, key=f"bench-commands-{pause}", prefix=prefix
+        )
+        call = shared(work)
+        time.sleep(0.3)  # the first sync, and the script loaded
+        before = _command_calls(client)
+        n = 0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            call()
+            n += 1
+            if pause:
+                time.sleep(pause)
+        delta = _delta(before, _command_calls(client))
+        shared.stop()
+        rows.append((f"RedisCircuitBreaker, {label}", n, delta))
+    storage = pybreaker.CircuitRedisStorage(
+        pybreaker.STATE_CLOSED, client, namespace=prefix + "pybreaker-commands"
+    )
+    call = pybreaker.CircuitBreaker(state_storage=storage)(work)
+    call()
+    before = _command_calls(client)
+    for _ in range(1_000):
+        call()
+    rows.append(("pybreaker (CircuitRedisStorage)", 1_000, _delta(before, _command_calls(client))))
+    client.close()
+    return rows
 
 
 def commands_per_1000(url: str, prefix: str) -> dict[str, int]:
@@ -158,19 +262,12 @@ def commands_per_1000(url: str, prefix: str) -> dict[str, int]:
     client = redis.Redis.from_url(url)
     limiter = _limiter(client, prefix)
     limiter.acquire()  # loads the script
-
-    def calls() -> dict[str, int]:
-        stats = client.info("commandstats")
-        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
-
-    before = calls()
+    before = _command_calls(client)
     for _ in range(1_000):
         limiter.acquire()
-    after = calls()
+    delta = _delta(before, _command_calls(client))
     client.close()
-    delta = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0)}
-    delta["info"] = delta.get("info", 1) - 1  # the INFO that read ``after``
-    return {k: n for k, n in sorted(delta.items()) if n}
+    return delta
 
 
 def main() -> None:
@@ -197,6 +294,21 @@ def main() -> None:
             baseline="CircuitBreaker (local), decorator",
             floor="bare call",
         )
+        print_table(
+            "Shared circuit breaker, async (no round trip per call)",
+            bench_breaker_async(url, prefix),
+            baseline="CircuitBreaker (local), decorator",
+            floor="bare await",
+        )
+        print("\n## Shared circuit breaker: Redis commands per 1,000 calls (closed)\n")
+        print(f"| {'breaker, traffic':<40} | {'calls':>9} | {'round trips':>11} | commands |")
+        print(f"|{'-' * 42}|{'-' * 10}:|{'-' * 12}:|{'-' * 10}:|")
+        for label, n, delta in breaker_commands(url, prefix):
+            trips = sum(v for k, v in delta.items() if k in _ROUND_TRIPS)
+            total = sum(delta.values())
+            print(
+                f"| {label:<40} | {n:>9,} | {trips * 1000 / n:>11.2f} | {total * 1000 / n:>8.1f} |"
+            )
         counts = commands_per_1000(url, prefix)
         print("\n## Redis commands per 1,000 calls (INFO commandstats deltas)\n")
         print(f"| {'command':<44} | {'calls':>10} |")
