@@ -124,3 +124,88 @@ def test_import_loads_only_the_core() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert out == ["", "resilience.retry resilience.circuit_breaker"]
+
+
+# The standard library modules a bare ``import resilience`` used to pull in (dataclasses
+# alone brings inspect, dis, ast and tokenize), which made it cost 40-60 ms.
+HEAVY_STDLIB = [
+    "asyncio",
+    "collections",
+    "contextlib",
+    "contextvars",
+    "dataclasses",
+    "datetime",
+    "enum",
+    "inspect",
+    "logging",
+    "random",
+    "re",
+    "threading",
+    "typing",
+    "weakref",
+]
+
+
+def modules_loaded_by(statement: str) -> list[str]:
+    """The modules that ``statement`` (after ``import resilience``) adds to a fresh
+    interpreter, among the heavy standard library and every resilience module."""
+    code = (
+        "import json, sys\n"
+        "before = set(sys.modules)\n"
+        "import resilience\n"
+        f"{statement}\n"
+        f"watched = {HEAVY_STDLIB!r}\n"
+        "print(json.dumps(sorted(m for m in set(sys.modules) - before\n"
+        "    if m in watched or m.split('.')[0] == 'resilience')))\n"
+    )
+    loaded: list[str] = json.loads(run_python(code))
+    return loaded
+
+
+def test_bare_import_loads_nothing_but_the_package() -> None:
+    # Every public name, the core's included, loads on first use: the import itself
+    # runs ``resilience/__init__.py`` and nothing heavier.
+    assert modules_loaded_by("pass") == ["resilience"]
+
+
+def test_subscribing_loads_only_the_event_bus() -> None:
+    # The bus is apart from the event dataclasses: no typing, no dataclasses.
+    loaded = modules_loaded_by("resilience.subscribe(print); resilience.unsubscribe(print)")
+    assert "resilience._core.bus" in loaded
+    assert {"resilience._core.events", "dataclasses", "enum", "inspect", "typing"} & set(
+        loaded
+    ) == set()
+
+
+def test_catching_the_library_errors_loads_no_typing() -> None:
+    loaded = modules_loaded_by("resilience.ResilienceError, resilience.TimeoutExceededError")
+    assert loaded == ["resilience", "resilience._core", "resilience._core.errors"]
+
+
+def test_the_import_probe_can_fail() -> None:
+    # The same probe sees what first use of an event class loads.
+    loaded = modules_loaded_by("resilience.Event")
+    assert {"dataclasses", "inspect", "typing", "resilience._core.events"} <= set(loaded)
+
+
+def test_every_public_name_resolves_in_a_fresh_interpreter() -> None:
+    code = (
+        "import resilience\n"
+        "missing = [n for n in resilience.__all__ if not hasattr(resilience, n)]\n"
+        "unlisted = sorted(set(resilience.__all__) - set(dir(resilience)))\n"
+        "print(missing, unlisted)\n"
+    )
+    assert run_python(code).split() == ["[]", "[]"]
+
+
+def test_lazy_names_are_the_defining_modules_objects() -> None:
+    from resilience._core import bus, clock, deadline, errors, events, outcome, strategy
+
+    assert resilience.subscribe is bus.subscribe is events.subscribe
+    assert resilience.EventBus is bus.EventBus is events.EventBus
+    assert resilience.Event is events.Event
+    assert resilience.Clock is clock.Clock
+    assert resilience.deadline is deadline.deadline
+    assert resilience.ResilienceError is errors.ResilienceError
+    assert resilience.Outcome is outcome.Outcome
+    assert resilience.Pipeline is strategy.Pipeline

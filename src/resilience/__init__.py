@@ -5,29 +5,13 @@ limiter, keyed policies, idempotency guard) that work as decorators on sync func
 coroutine functions and methods, compose into a :class:`Pipeline`, and publish every
 action they take as an event for metrics, tracing and logging to subscribe to.
 
-Importing this package imports no optional dependency and switches nothing on.
+Importing this package imports no optional dependency and switches nothing on. It
+loads nothing else either: every public name, the core's included, is imported on first
+use, so ``import resilience`` is nearly free and a program pays only for the parts it
+uses.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING as _TYPE_CHECKING
-from typing import Any as _Any
-
-from ._core.clock import Clock, SystemClock
-from ._core.deadline import Deadline, current_deadline, deadline, remaining
-from ._core.errors import RejectedError, ResilienceError, TimeoutExceededError
-from ._core.events import (
-    CallRejected,
-    Event,
-    EventBus,
-    Listener,
-    Severity,
-    StateChanged,
-    subscribe,
-    unsubscribe,
-)
-from ._core.outcome import Classifier, Outcome
-from ._core.strategy import Pipeline, Strategy
 
 __version__ = "0.1.0.dev0"
 
@@ -93,8 +77,9 @@ __all__ = [
     "unsubscribe",
 ]
 
-# Strategies and integrations load on first use (PEP 562), so ``import resilience``
-# costs only the core and a program pays for the patterns it uses.
+# Every name loads on first use (PEP 562): ``import resilience`` runs only this module,
+# and a program pays for the parts it uses. The event bus has a module of its own, so
+# ``resilience.subscribe`` loads neither ``typing`` nor ``dataclasses``.
 _LAZY = {
     "Attempt": "resilience.retry",
     "AttemptInfo": "resilience.backoff",
@@ -104,12 +89,18 @@ _LAZY = {
     "BulkheadFullError": "resilience.bulkhead",
     "BulkheadRejected": "resilience.bulkhead",
     "BulkheadWaited": "resilience.bulkhead",
+    "CallRejected": "resilience._core.events",
     "CircuitBreaker": "resilience.circuit_breaker",
     "CircuitBreakerOptions": "resilience.circuit_breaker",
     "CircuitOpenError": "resilience.circuit_breaker",
     "CircuitRejected": "resilience.circuit_breaker",
     "CircuitState": "resilience.circuit_breaker",
     "CircuitStateChanged": "resilience.circuit_breaker",
+    "Classifier": "resilience._core.outcome",
+    "Clock": "resilience._core.clock",
+    "Deadline": "resilience._core.deadline",
+    "Event": "resilience._core.events",
+    "EventBus": "resilience._core.bus",
     "Fallback": "resilience.fallback",
     "FallbackUsed": "resilience.fallback",
     "GiveUpReason": "resilience.retry",
@@ -121,22 +112,47 @@ _LAZY = {
     "IdempotencyStoreError": "resilience.idempotency",
     "Jitter": "resilience.backoff",
     "Keyed": "resilience.keyed",
+    "Listener": "resilience._core.events",
+    "Outcome": "resilience._core.outcome",
+    "Pipeline": "resilience._core.strategy",
     "RateLimitWaited": "resilience.rate_limit",
     "RateLimited": "resilience.rate_limit",
     "RateLimitedError": "resilience.rate_limit",
     "RateLimiter": "resilience.rate_limit",
+    "RejectedError": "resilience._core.errors",
+    "ResilienceError": "resilience._core.errors",
     "Retry": "resilience.retry",
     "RetryBudget": "resilience.retry",
     "RetryGaveUp": "resilience.retry",
     "RetryScheduled": "resilience.retry",
     "Schedule": "resilience.backoff",
+    "Severity": "resilience._core.events",
+    "StateChanged": "resilience._core.events",
+    "Strategy": "resilience._core.strategy",
+    "SystemClock": "resilience._core.clock",
     "TimedOut": "resilience.timeout",
     "Timeout": "resilience.timeout",
+    "TimeoutExceededError": "resilience._core.errors",
     "TimeoutMode": "resilience.timeout",
+    "current_deadline": "resilience._core.deadline",
+    "deadline": "resilience._core.deadline",
+    "remaining": "resilience._core.deadline",
     "status": "resilience.actuator",
+    "subscribe": "resilience._core.bus",
+    "unsubscribe": "resilience._core.bus",
 }
 
-if _TYPE_CHECKING:
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING``, without importing ``typing``
+if TYPE_CHECKING:
+    from typing import Any
+
+    from ._core.bus import EventBus, subscribe, unsubscribe
+    from ._core.clock import Clock, SystemClock
+    from ._core.deadline import Deadline, current_deadline, deadline, remaining
+    from ._core.errors import RejectedError, ResilienceError, TimeoutExceededError
+    from ._core.events import CallRejected, Event, Listener, Severity, StateChanged
+    from ._core.outcome import Classifier, Outcome
+    from ._core.strategy import Pipeline, Strategy
     from .actuator import status
     from .backoff import AttemptInfo, Backoff, BackoffKind, Jitter, Schedule
     from .bulkhead import Bulkhead, BulkheadFullError, BulkheadRejected, BulkheadWaited
@@ -161,9 +177,10 @@ if _TYPE_CHECKING:
     from .rate_limit import RateLimited, RateLimitedError, RateLimiter, RateLimitWaited
     from .retry import Attempt, GiveUpReason, Retry, RetryBudget, RetryGaveUp, RetryScheduled
     from .timeout import TimedOut, Timeout, TimeoutMode
+del TYPE_CHECKING
 
 
-def __getattr__(name: str) -> _Any:
+def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'resilience' has no attribute {name!r}")

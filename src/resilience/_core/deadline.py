@@ -10,12 +10,15 @@ and adapters read what is left with :func:`remaining`.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 
 from .clock import SYSTEM_CLOCK, Clock
 from .options import to_seconds
+
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING``, without importing ``typing``
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from datetime import timedelta
 
 __all__ = ["Deadline", "deadline", "remaining", "current_deadline"]
 

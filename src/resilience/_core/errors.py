@@ -16,10 +16,10 @@ last exception itself, annotated with a PEP 678 note.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING``, without importing ``typing``
 if TYPE_CHECKING:
     from concurrent.futures import Future
+    from typing import Any
 
 __all__ = [
     "ResilienceError",

@@ -7,9 +7,11 @@ Options are checked once, at construction: a bad value raises ``TypeError`` or
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from datetime import timedelta
-from typing import Any, Final
+
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING``, without importing ``typing``
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Final
 
 __all__ = ["UNSET", "Unset", "to_seconds", "to_int", "to_float", "exception_matcher"]
 
@@ -43,15 +45,19 @@ def to_seconds(
     exclusive_minimum: bool = False,
 ) -> float:
     """A duration given as ``float`` seconds or ``timedelta``, checked against a range."""
-    if isinstance(value, timedelta):
-        secs = value.total_seconds()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         secs = float(value)
     else:
-        raise TypeError(
-            f"{name} must be a number of seconds or a datetime.timedelta, "
-            f"got {type(value).__name__} {value!r}"
-        )
+        # Imported here: a caller passing a timedelta has loaded datetime already, and
+        # ``import resilience`` does not need it.
+        from datetime import timedelta
+
+        if not isinstance(value, timedelta):
+            raise TypeError(
+                f"{name} must be a number of seconds or a datetime.timedelta, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        secs = value.total_seconds()
     low = "> " if exclusive_minimum else ">= "
     rng = f"{low}{minimum:g}" + ("" if math.isinf(maximum) else f" and <= {maximum:g}")
     if math.isnan(secs) or math.isinf(secs):

@@ -12,9 +12,12 @@ raised at once, never retried, and never counts against a circuit breaker. Only 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+
+TYPE_CHECKING = False  # ``typing.TYPE_CHECKING``, without importing ``typing``
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["Outcome", "Classifier", "DEFAULT_CLASSIFIER"]
 
