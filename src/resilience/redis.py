@@ -1,7 +1,8 @@
 """Shared state across the replicas of a service, kept in Redis (redis-py, sync or asyncio).
 
 Parts: :class:`RedisRateLimiter` (a :class:`~resilience.RateLimiter` whose permits are
-shared by every process that names the same key) and the events
+shared by every process that names the same key), :class:`RedisCircuitBreaker` (one
+circuit for a fleet; see :mod:`resilience._redis_breaker`) and the events
 :class:`SharedStateLost` / :class:`SharedStateRestored`.
 
 The limiter runs the local limiter's arithmetic (GCRA, time in whole microseconds
