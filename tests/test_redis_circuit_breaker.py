@@ -14,15 +14,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import redis
 import redis.asyncio
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from tests._redis_server import Server, free_port
 from tests.conftest import need_server
 
 from resilience import CircuitBreaker, CircuitOpenError, CircuitState
+from resilience._redis_breaker import _PROBE, _REPORT, _SYNC, _Reply, _Settings
 from resilience.circuit_breaker import CircuitRejected, CircuitStateChanged
 from resilience.redis import RedisCircuitBreaker, SharedStateLost, SharedStateRestored
 from resilience.testing import CapturingListener
@@ -620,3 +624,95 @@ def test_options_are_validated(client: redis.Redis) -> None:
         RedisCircuitBreaker(object(), client, key="k")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"client must be a redis\.Redis"):
         RedisCircuitBreaker(CircuitBreaker(), object(), key="k")
+
+
+# -- the scripts as a state machine (hypothesis, against the real Redis) -------------------------
+
+
+class SharedCircuitScripts(RuleBasedStateMachine):
+    """Random syncs, trips, lease requests and reports against the scripts: the fleet never
+    holds more than ``half_open_probes`` leases in a half-open period (a lease given back
+    unused frees its place), and closes exactly when that many probes of one period
+    succeeded."""
+
+    PROBES = 2
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.client = redis.Redis.from_url(URL)
+        self.prefix = f"resilience-test:{uuid.uuid4().hex}:"
+        breaker = CircuitBreaker(
+            failure_threshold=1,
+            open_duration=0.001,  # half-open at the next script, or the one after
+            half_open_probes=self.PROBES,
+            max_half_open_wait=60.0,
+        )
+        self.settings = _Settings(breaker, 10)
+        self.keys = [self.prefix + "{c}", self.prefix + "{c}:window"]
+        self.sync = self.client.register_script(_SYNC)
+        self.probe = self.client.register_script(_PROBE)
+        self.report = self.client.register_script(_REPORT)
+        self.granted: dict[int, int] = {}
+        self.succeeded: dict[int, int] = {}
+        self.held: list[int] = []
+
+    def teardown(self) -> None:
+        self.client.delete(*self.keys)
+        self.client.close()
+
+    def check(self, raw: Any) -> _Reply:
+        reply = _Reply(raw)
+        state = self.client.hgetall(self.keys[0])
+        g, k = int(state.get(b"g", 0)), int(state.get(b"k", 0))
+        assert 0 <= k <= g <= self.PROBES
+        if reply.state is CircuitState.OPEN:
+            time.sleep(reply.left + 0.002)  # so that the next script finds it half-open
+        return reply
+
+    @rule(trip=st.booleans(), calls=st.integers(0, 5))
+    def sync_outcomes(self, trip: bool, calls: int) -> None:
+        args = [*self.settings.common, calls, calls, 0, "t" if trip else "", 10, 100, 50.0, -1, ""]
+        self.check(self.sync(keys=self.keys, args=args))
+
+    @rule()
+    def ask_for_a_lease(self) -> None:
+        reply = self.check(self.probe(keys=self.keys, args=list(self.settings.common)))
+        if reply.granted:
+            assert reply.state is CircuitState.HALF_OPEN
+            self.granted[reply.epoch] = self.granted.get(reply.epoch, 0) + 1
+            assert self.granted[reply.epoch] <= self.PROBES
+            self.held.append(reply.epoch)
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data(), outcome=st.sampled_from(["ok", "fail", "slow", "release"]))
+    def report_a_probe(self, data: st.DataObject, outcome: str) -> None:
+        epoch = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
+        reply = self.check(
+            self.report(keys=self.keys, args=[*self.settings.common, epoch, outcome])
+        )
+        if reply.epoch == epoch and outcome == "release":
+            self.granted[epoch] -= 1
+        if reply.epoch == epoch and outcome == "ok":
+            self.succeeded[epoch] = self.succeeded.get(epoch, 0) + 1
+            assert reply.state is CircuitState.HALF_OPEN
+        if reply.epoch != epoch + 1:
+            return  # a report of an earlier period, or the period goes on
+        # The report ended its half-open period: closed after the last probe succeeded,
+        # open again after a failed or slow one.
+        if outcome == "ok":
+            self.succeeded[epoch] = self.succeeded.get(epoch, 0) + 1
+            assert reply.state is CircuitState.CLOSED
+            assert reply.reason == "probes_succeeded"
+            assert self.succeeded[epoch] == self.PROBES
+        else:
+            assert outcome in ("fail", "slow")
+            assert reply.state is CircuitState.OPEN
+            assert reply.reason == f"probe_{'failed' if outcome == 'fail' else 'slow'}"
+
+
+@pytest.mark.usefixtures("client")
+def test_the_scripts_keep_their_promises() -> None:
+    run_state_machine_as_test(
+        SharedCircuitScripts,
+        settings=hypothesis.settings(max_examples=40, stateful_step_count=30, deadline=None),
+    )
