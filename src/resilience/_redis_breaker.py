@@ -693,6 +693,13 @@ class RedisCircuitBreaker(Strategy):
         self._loop = loop
         self._wake_async = asyncio.Event()
         self._task = loop.create_task(self._run_async(), name=f"resilience-breaker:{self.key}")
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The worker ended (stopped, or cancelled as its loop ended: ``asyncio.run``
+        cancels what is left); the next call on a running loop starts a new one."""
+        if self._task is task:
+            self._task = None
 
     # -- per call ---------------------------------------------------------------------------
     def _wake_if_tripped(self) -> None:
@@ -949,10 +956,9 @@ class RedisCircuitBreaker(Strategy):
         now = self._clock.now
         # With an asyncio client the worker is a task of the loop the calls run on.
         worker = self._start_async if self._async else None
-        running = asyncio.get_running_loop
 
         async def shared_breaker_async(*args: Any, **kwargs: Any) -> Any:
-            if worker is not None and self._loop is not running():
+            if worker is not None and self._task is None:
                 worker()
             if view.guarded:
                 return await guarded(inner, scope, args, kwargs)
