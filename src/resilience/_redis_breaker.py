@@ -792,6 +792,10 @@ class RedisCircuitBreaker(Strategy):
         except RedisError as exc:
             self._lost(exc)
             return None
+        return self._leased(scope, raw)
+
+    def _leased(self, scope: Scope, raw: Any) -> int:
+        """The lease's epoch from the probe script's answer, or raise the rejection."""
         self._worked()
         reply = self._adopt(raw)
         if not reply.granted:
@@ -893,11 +897,7 @@ class RedisCircuitBreaker(Strategy):
         except RedisError as exc:
             self._lost(exc)
             return None
-        self._worked()
-        reply = self._adopt(raw)
-        if not reply.granted:
-            raise self._reject(scope, self._clock.now(), reply.state)
-        return reply.epoch
+        return self._leased(scope, raw)
 
     def _give_back_if_granted(self, request: asyncio.Future[Any]) -> None:
         if request.cancelled() or request.exception() is not None:
