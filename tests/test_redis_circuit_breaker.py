@@ -425,6 +425,16 @@ def test_manual_open_close_and_reset_reach_the_fleet(
     assert a.breaker.snapshot()["transitions"] == 0
 
 
+def test_a_circuit_deleted_by_hand_is_adopted_afresh(
+    client: redis.Redis, replicas: Callable[..., RedisCircuitBreaker]
+) -> None:
+    a = replicas(open_duration=30.0)
+    trip(a)
+    client.delete(a.key)  # an operator's DEL, or the TTL ran out
+    wait_for(lambda: a.shared_state is CircuitState.CLOSED, 1.0)
+    assert a(lambda: "ok")() == "ok"
+
+
 def test_with_blocks_count_and_probe_like_calls(
     client: redis.Redis, replicas: Callable[..., RedisCircuitBreaker]
 ) -> None:

@@ -65,7 +65,9 @@ _STATES = (_CLOSED, _OPEN, _HALF_OPEN)
 # KEYS[1]: the circuit, a hash: s state (0 closed, 1 open, 2 half-open), u end of the open
 # time, l open level (growth), g probe leases granted in this half-open epoch (minus those
 # given back), k probes that succeeded, d probe lease deadline, e epoch (one more per
-# transition), r reason of the last transition, t its time. Times are Redis TIME in ms.
+# transition; a new hash starts at the time, so that epochs keep growing when a circuit is
+# deleted or expires and is made again), r reason of the last transition, t its time.
+# Times are Redis TIME in ms.
 # KEYS[2]: the window, a hash of one-second buckets: c<sec> calls, f<sec> failures,
 # s<sec> slow calls.
 # ARGV[1..6]: open duration (ms), multiplier, max open duration (ms), max probe wait (ms),
@@ -88,7 +90,7 @@ local l = tonumber(h[3]) or 0
 local g = tonumber(h[4]) or 0
 local k = tonumber(h[5]) or 0
 local d = tonumber(h[6]) or 0
-local e = tonumber(h[7]) or 0
+local e = tonumber(h[7]) or now
 local r = h[8] or ''
 local at = tonumber(h[9]) or now
 local dirty = false
@@ -154,7 +156,7 @@ local manual = ARGV[15]
 if manual == 'reset' then
   redis.call('DEL', KEYS[1], KEYS[2])
   s, u, l, g, k, d, r, at, dirty = 0, 0, 0, 0, 0, 0, 'manual', now, true
-  e = e + 1
+  e = math.max(e + 1, now)
 elseif manual == 'open' then
   open('manual', false)
 elseif manual == 'close' and s ~= 0 then
