@@ -676,20 +676,7 @@ class Engine:
                 return call.host(request, call)
 
             inner = via_host
-        if self.strategies:
-            inner = Pipeline(*self.strategies)._wrap_sync(inner, Scope(self.name, "pipeline"))
-        attempt = self._attempt_sync(inner, discard)
-        scope = Scope(self.name, "retry")
-        # Each path gets the policy wrapper: one span and one counted call per request.
-        policy = Scope(self.name, "http")
-        paths = tuple(
-            instrument(self._full, path, policy, is_async=False)
-            for path in (
-                attempt,
-                self._not_sent._wrap_sync(attempt, scope),
-                self._full._wrap_sync(attempt, scope),
-            )
-        )
+        paths = self._paths(inner, lambda fn: self._attempt_sync(fn, discard), is_async=False)
 
         def run(path: int, request: Any, call: Call) -> Any:
             if hosts is not None:
@@ -721,19 +708,7 @@ class Engine:
                 return await call.host(request, call)
 
             inner = via_host
-        if self.strategies:
-            inner = Pipeline(*self.strategies)._wrap_async(inner, Scope(self.name, "pipeline"))
-        attempt = self._attempt_async(inner, discard)
-        scope = Scope(self.name, "retry")
-        policy = Scope(self.name, "http")
-        paths = tuple(
-            instrument(self._full, path, policy, is_async=True)
-            for path in (
-                attempt,
-                self._not_sent._wrap_async(attempt, scope),
-                self._full._wrap_async(attempt, scope),
-            )
-        )
+        paths = self._paths(inner, lambda fn: self._attempt_async(fn, discard), is_async=True)
 
         async def run(path: int, request: Any, call: Call) -> Any:
             if hosts is not None:
@@ -748,6 +723,36 @@ class Engine:
                 raise
 
         return run
+
+    def _paths(
+        self,
+        inner: Callable[..., Any],
+        attempt_of: Callable[[Callable[..., Any]], Callable[..., Any]],
+        *,
+        is_async: bool,
+    ) -> tuple[Callable[..., Any], ...]:
+        """The three paths around ``inner``: the extra strategies, the attempt layer
+        ``attempt_of(...)``, then no retry, the retry of errors before sending, every retry."""
+
+        def wrap(strategy: Strategy, fn: Callable[..., Any], scope: Scope) -> Callable[..., Any]:
+            if is_async:
+                return strategy._wrap_async(fn, scope)
+            return strategy._wrap_sync(fn, scope)
+
+        if self.strategies:
+            inner = wrap(Pipeline(*self.strategies), inner, Scope(self.name, "pipeline"))
+        attempt = attempt_of(inner)
+        scope = Scope(self.name, "retry")
+        # Each path gets the policy wrapper: one span and one counted call per request.
+        policy = Scope(self.name, "http")
+        return tuple(
+            instrument(self._full, path, policy, is_async=is_async)
+            for path in (
+                attempt,
+                wrap(self._not_sent, attempt, scope),
+                wrap(self._full, attempt, scope),
+            )
+        )
 
     def _attempt_sync(
         self, inner: Callable[..., Any], discard: Callable[[Any], None]
