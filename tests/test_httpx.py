@@ -617,6 +617,32 @@ def test_attempts_carry_the_resend_count_and_no_url(
 
 
 # -- cancellation ---------------------------------------------------------------------------------
+class _Interrupted(BaseException):
+    """Stands for a KeyboardInterrupt while the retry waits between attempts."""
+
+
+class InterruptingClock(FakeClock):
+    def sleep(self, seconds: float) -> None:
+        raise _Interrupted
+
+
+def test_an_interrupted_sync_call_closes_the_response_it_held(server: FaultServer) -> None:
+    server.script("/wait", reply(503))
+    transport = ResilientTransport(
+        httpx.HTTPTransport(limits=httpx.Limits(max_connections=1)),
+        buffer_limit=0,
+        clock=InterruptingClock(),
+    )
+    with httpx.Client(transport=transport, timeout=httpx.Timeout(5.0, pool=1.0)) as c:
+        with pytest.raises(_Interrupted):
+            c.get(server.url("/wait"))
+        # The only connection is free again: the 503 held during the wait was closed.
+        assert (
+            c.get(server.url("/next"), extensions={"resilience": {"retry": False}}).status_code
+            == 200
+        )
+
+
 async def test_a_cancelled_call_closes_the_response_it_held(
     server: FaultServer, events: CapturingListener
 ) -> None:

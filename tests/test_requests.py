@@ -188,6 +188,42 @@ def test_responses_are_closed_so_the_pool_is_never_exhausted(server: FaultServer
     assert len(server.hits("/down")) == 3000
 
 
+class _Interrupted(BaseException):
+    """Stands for a KeyboardInterrupt while the retry waits between attempts."""
+
+
+class InterruptingClock(FakeClock):
+    def sleep(self, seconds: float) -> None:
+        raise _Interrupted
+
+
+def test_an_interrupted_call_closes_the_response_it_held(server: FaultServer) -> None:
+    # One pooled connection, pool_block=True: had the held 503 stayed open, the next
+    # request would wait for a connection forever.
+    server.script("/wait", reply(503, b"x" * 100))
+    session = requests.Session()
+    session.mount(
+        "http://", ResilientAdapter(pool_maxsize=1, pool_block=True, clock=InterruptingClock())
+    )
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            session.get(server.url("/wait"), stream=True)
+        except _Interrupted as exc:
+            outcome.append(exc)
+        with session.get(server.url("/next"), stream=True) as r:
+            outcome.append(r.status_code)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout=30)
+    session.close()
+    assert not worker.is_alive(), "the held response kept the only connection"
+    assert isinstance(outcome[0], _Interrupted)
+    assert outcome[1:] == [200]
+
+
 def test_the_deadline_caps_the_timeout_of_every_attempt(
     sessions: Any, server: FaultServer, sent: list[dict[str, Any]]
 ) -> None:

@@ -33,7 +33,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ._core.clock import SYSTEM_CLOCK, Clock, Rng
-from ._core.deadline import DEADLINE, tighten
+from ._core.deadline import DEADLINE, remaining, tighten
 from ._core.errors import ResilienceError, TimeoutExceededError
 from ._core.events import EVENTS, Event, Severity
 from ._core.options import UNSET, to_int, to_seconds
@@ -191,6 +191,14 @@ class HTTPOptions:
 
 
 DEFAULT_OPTIONS = HTTPOptions()
+
+
+def adapter_options(options: HTTPOptions | None, **changes: object) -> HTTPOptions:
+    """An adapter's options: ``options`` (default :data:`DEFAULT_OPTIONS`) with the fields
+    given as keyword arguments (``UNSET`` ones ignored) replaced."""
+    if options is not None and not isinstance(options, HTTPOptions):
+        raise TypeError(f"options must be an HTTPOptions or None, got {options!r}")
+    return (options or DEFAULT_OPTIONS).merge(**changes)
 
 
 # -- Retry-After ---------------------------------------------------------------------------------
@@ -655,54 +663,94 @@ class Engine:
         self,
         send: Callable[[Any, Call], Any],
         discard: Callable[[Any], None],
-    ) -> tuple[Callable[[Any, Call], Any], ...]:
-        """The three paths (see :data:`NO_RETRY` …) around ``send(request, call)``."""
+        host_of: Callable[[Any], str],
+    ) -> Callable[[int, Any, Call], Any]:
+        """``run(path, request, call)``: one of the three paths (see :data:`NO_RETRY` …)
+        around ``send(request, call)``, through the request's per-host strategy (its key:
+        ``host_of(request)``) when there are some."""
         inner: Callable[..., Any] = send
-        if self.hosts is not None:
+        hosts = self.hosts
+        if hosts is not None:
 
             def via_host(request: Any, call: Call) -> Any:
                 return call.host(request, call)
 
             inner = via_host
-        if self.strategies:
-            inner = Pipeline(*self.strategies)._wrap_sync(inner, Scope(self.name, "pipeline"))
-        attempt = self._attempt_sync(inner, discard)
-        scope = Scope(self.name, "retry")
-        # Each path gets the policy wrapper: one span and one counted call per request.
-        policy = Scope(self.name, "http")
-        return tuple(
-            instrument(self._full, path, policy, is_async=False)
-            for path in (
-                attempt,
-                self._not_sent._wrap_sync(attempt, scope),
-                self._full._wrap_sync(attempt, scope),
-            )
-        )
+        paths = self._paths(inner, lambda fn: self._attempt_sync(fn, discard), is_async=False)
+
+        def run(path: int, request: Any, call: Call) -> Any:
+            if hosts is not None:
+                call.host = hosts.send_for(host_of(request), send)
+            try:
+                return paths[path](request, call)
+            except BaseException:
+                # Interrupted between attempts: the held response will never be returned.
+                previous = call.response
+                if previous is not None:
+                    call.response = None
+                    discard(previous)
+                raise
+
+        return run
 
     def build_async(
         self,
         send: AsyncCallable,
         discard: Callable[[Any], Awaitable[None]],
-    ) -> tuple[AsyncCallable, ...]:
+        host_of: Callable[[Any], str],
+    ) -> Callable[[int, Any, Call], Awaitable[Any]]:
         """The async twin of :meth:`build_sync`."""
         inner: Callable[..., Any] = send
-        if self.hosts is not None:
+        hosts = self.hosts
+        if hosts is not None:
 
             async def via_host(request: Any, call: Call) -> Any:
                 return await call.host(request, call)
 
             inner = via_host
+        paths = self._paths(inner, lambda fn: self._attempt_async(fn, discard), is_async=True)
+
+        async def run(path: int, request: Any, call: Call) -> Any:
+            if hosts is not None:
+                call.host = hosts.asend_for(host_of(request), send)
+            try:
+                return await paths[path](request, call)
+            except BaseException:
+                previous = call.response
+                if previous is not None:
+                    call.response = None
+                    await discard(previous)
+                raise
+
+        return run
+
+    def _paths(
+        self,
+        inner: Callable[..., Any],
+        attempt_of: Callable[[Callable[..., Any]], Callable[..., Any]],
+        *,
+        is_async: bool,
+    ) -> tuple[Callable[..., Any], ...]:
+        """The three paths around ``inner``: the extra strategies, the attempt layer
+        ``attempt_of(...)``, then no retry, the retry of errors before sending, every retry."""
+
+        def wrap(strategy: Strategy, fn: Callable[..., Any], scope: Scope) -> Callable[..., Any]:
+            if is_async:
+                return strategy._wrap_async(fn, scope)
+            return strategy._wrap_sync(fn, scope)
+
         if self.strategies:
-            inner = Pipeline(*self.strategies)._wrap_async(inner, Scope(self.name, "pipeline"))
-        attempt = self._attempt_async(inner, discard)
+            inner = wrap(Pipeline(*self.strategies), inner, Scope(self.name, "pipeline"))
+        attempt = attempt_of(inner)
         scope = Scope(self.name, "retry")
+        # Each path gets the policy wrapper: one span and one counted call per request.
         policy = Scope(self.name, "http")
         return tuple(
-            instrument(self._full, path, policy, is_async=True)
+            instrument(self._full, path, policy, is_async=is_async)
             for path in (
                 attempt,
-                self._not_sent._wrap_async(attempt, scope),
-                self._full._wrap_async(attempt, scope),
+                wrap(self._not_sent, attempt, scope),
+                wrap(self._full, attempt, scope),
             )
         )
 
@@ -793,6 +841,15 @@ class Engine:
 def cap_timeout(value: float | None, left: float) -> float:
     """A client timeout (``None`` = no limit) capped by the seconds left before the deadline."""
     return left if value is None or value > left else value
+
+
+def time_left(policy: str) -> float | None:
+    """Seconds left before the caller's deadline for an attempt to be sent (``None``: no
+    deadline); raises :func:`deadline_passed` when none are."""
+    left = remaining()
+    if left is not None and left <= 0.0:
+        raise deadline_passed(policy)
+    return left
 
 
 def deadline_passed(policy: str) -> TimeoutExceededError:

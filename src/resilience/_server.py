@@ -1,8 +1,8 @@
 """What the server middleware decides, shared by :mod:`resilience.asgi` and :mod:`resilience.wsgi`.
 
 The two middleware are thin drivers: they read the request (an ASGI scope, a WSGI
-environ), take the permits and run the app. What a request is owed is decided here,
-once, with no framework import and no I/O:
+environ), take the permits and run the app. Their constructor (:class:`ServerMiddleware`)
+and what a request is owed are here, once, with no framework import and no I/O:
 
 - whether the path is excluded (health checks, ``/metrics``);
 - the request's time budget: the configured ``timeout``, shortened by the client's
@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 from ._core.clock import SYSTEM_CLOCK, Clock
 from ._core.deadline import DEADLINE, Deadline, tighten
@@ -48,6 +48,7 @@ __all__ = [
     "Answer",
     "Budget",
     "ServerOptions",
+    "ServerMiddleware",
     "ServerPolicy",
     "parse_timeout",
     "retry_after_seconds",
@@ -383,3 +384,72 @@ class Budget:
 
     def expired(self) -> bool:
         return self.deadline.expired()
+
+
+# -- the constructor -------------------------------------------------------------------------------
+AppT = TypeVar("AppT")
+RequestT = TypeVar("RequestT")
+
+
+class ServerMiddleware(Generic[AppT, RequestT]):
+    """The constructor of both ``ResilienceMiddleware``: options validated, policy settled.
+
+    ``AppT`` is the application's type, ``RequestT`` what ``client_key`` reads (an ASGI
+    scope, a WSGI environ). A subclass is the driver for one server interface: it reads
+    the request, takes the permits, runs the app and sends the answers.
+    """
+
+    _application: ClassVar[str]
+    """What ``app`` must be, for the error: ``"an ASGI application"``."""
+    _client_key: Callable[[RequestT], Hashable | None]
+    """Set by :meth:`_configure`: ``client_key``, or the interface's remote address."""
+
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        bulkhead: Bulkhead | None = None,
+        rate_limit: RateLimiter | Keyed[RateLimiter] | None = None,
+        client_key: Callable[[RequestT], Hashable | None] | None = None,
+        timeout: float | timedelta | None = None,
+        timeout_header: str | None = None,
+        map_circuit_open: bool = False,
+        default_retry_after: int = 1,
+        exclude: Iterable[str] = (),
+        name: str = "http_server",
+        clock: Clock | None = None,
+    ) -> None:
+        if not callable(app):
+            raise TypeError(f"app must be {self._application}, got {app!r}")
+        self.app = app
+        self._policy = ServerPolicy(
+            ServerOptions(
+                bulkhead=bulkhead,
+                rate_limit=rate_limit,
+                client_key=client_key,
+                timeout=timeout,
+                timeout_header=timeout_header,
+                map_circuit_open=map_circuit_open,
+                default_retry_after=default_retry_after,
+                exclude=exclude,
+                name=name,
+                clock=clock,
+            )
+        )
+        self._configure(self._policy)
+
+    def _configure(self, policy: ServerPolicy) -> None:
+        """Settle what the driver reads per request (the client key, the header's name)."""
+        raise NotImplementedError
+
+    def _limiter(self, request: RequestT) -> RateLimiter | None:
+        """The limiter ``request`` draws on: the shared one, its client's, or ``None``."""
+        policy = self._policy
+        return policy.limiter_for(self._client_key(request) if policy.per_client else None)
+
+    def __repr__(self) -> str:
+        o = self._policy.options
+        return (
+            f"ResilienceMiddleware({self.app!r}, bulkhead={o.bulkhead!r}, "
+            f"rate_limit={o.rate_limit!r}, timeout={o.timeout!r})"
+        )

@@ -33,16 +33,11 @@ This module imports no web framework.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable, Iterable, MutableMapping
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from ._core.clock import Clock
 from ._core.errors import RejectedError
-from ._server import Answer, Budget, ServerOptions, ServerPolicy
-from .bulkhead import Bulkhead
-from .keyed import Keyed
-from .rate_limit import RateLimiter
+from ._server import Answer, Budget, ServerMiddleware, ServerPolicy
 from .timeout import _uncancel
 
 __all__ = ["ResilienceMiddleware", "remote_address"]
@@ -90,7 +85,7 @@ class _Watched:
         await self._send(message)
 
 
-class ResilienceMiddleware:
+class ResilienceMiddleware(ServerMiddleware[ASGIApp, Scope]):
     """Guard an ASGI app: shed load with a bulkhead, rate-limit clients, bound each request.
 
     Parameters:
@@ -135,49 +130,15 @@ class ResilienceMiddleware:
     (background tasks) runs on, still holding the permit.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        bulkhead: Bulkhead | None = None,
-        rate_limit: RateLimiter | Keyed[RateLimiter] | None = None,
-        client_key: Callable[[Scope], Hashable | None] | None = None,
-        timeout: float | timedelta | None = None,
-        timeout_header: str | None = None,
-        map_circuit_open: bool = False,
-        default_retry_after: int = 1,
-        exclude: Iterable[str] = (),
-        name: str = "http_server",
-        clock: Clock | None = None,
-    ) -> None:
-        if not callable(app):
-            raise TypeError(f"app must be an ASGI application, got {app!r}")
-        self.app = app
-        self._policy = ServerPolicy(
-            ServerOptions(
-                bulkhead=bulkhead,
-                rate_limit=rate_limit,
-                client_key=client_key,
-                timeout=timeout,
-                timeout_header=timeout_header,
-                map_circuit_open=map_circuit_open,
-                default_retry_after=default_retry_after,
-                exclude=exclude,
-                name=name,
-                clock=clock,
-            )
-        )
-        self._client_key = client_key or remote_address
-        self._header = None if timeout_header is None else timeout_header.lower().encode("latin-1")
-        # Watch the response only when something depends on whether it has started.
-        self._watch = self._policy.has_deadline or map_circuit_open
+    _application = "an ASGI application"
 
-    def __repr__(self) -> str:
-        o = self._policy.options
-        return (
-            f"ResilienceMiddleware({self.app!r}, bulkhead={o.bulkhead!r}, "
-            f"rate_limit={o.rate_limit!r}, timeout={o.timeout!r})"
-        )
+    def _configure(self, policy: ServerPolicy) -> None:
+        options = policy.options
+        self._client_key = options.client_key or remote_address
+        header = options.timeout_header
+        self._header = None if header is None else header.lower().encode("latin-1")
+        # Watch the response only when something depends on whether it has started.
+        self._watch = policy.has_deadline or options.map_circuit_open
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         policy = self._policy
@@ -193,8 +154,7 @@ class ResilienceMiddleware:
             bulkhead = policy.bulkhead
             try:
                 if policy.limits:
-                    key = self._client_key(scope) if policy.per_client else None
-                    limiter = policy.limiter_for(key)
+                    limiter = self._limiter(scope)
                     if limiter is not None:
                         await limiter.aacquire()
                 if bulkhead is not None:

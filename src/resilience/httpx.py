@@ -24,12 +24,10 @@ from typing import Any, Generic, TypeVar
 import httpx
 
 from ._core.clock import Clock, Rng
-from ._core.deadline import remaining
 from ._core.errors import TimeoutExceededError
 from ._core.options import UNSET, Unset
 from ._core.strategy import Strategy
 from ._http import (
-    DEFAULT_OPTIONS,
     DEFAULT_RETRY_STATUSES,
     DRAIN_LIMIT,
     IDEMPOTENT_METHODS,
@@ -44,12 +42,13 @@ from ._http import (
     RequestAttempted,
     SeekableBody,
     StreamBody,
+    adapter_options,
     cap_timeout,
-    deadline_passed,
     host_key,
     parse_retry_after,
     resend_count,
     response_classifier,
+    time_left,
 )
 from .backoff import Schedule
 from .retry import RetryBudget
@@ -234,33 +233,63 @@ async def _adiscard(response: httpx.Response) -> None:
         await response.aclose()
 
 
+def _host_of(request: httpx.Request) -> str:
+    url = request.url
+    return host_key(url.host, url.port, url.scheme)
+
+
 T = TypeVar("T")
 
 
 class _Transport(Generic[T]):
-    """What the sync and async transports share: options, engine, per-request planning."""
+    """What the sync and async transports share: the constructor, options, planning.
+
+    A subclass checks ``wrapped`` (and makes the default one) and builds its driver.
+    """
 
     _engine: Engine
     _wrapped: T
 
-    def _setup(
+    def __init__(
         self,
-        wrapped: T,
-        options: HTTPOptions | None,
-        changes: dict[str, object],
-        strategies: Iterable[Strategy] | Strategy,
-        per_host: object,
-        max_hosts: int,
-        budget: RetryBudget | None,
-        name: str,
-        clock: Clock | None,
-        rng: Rng | None,
+        wrapped: T | None = None,
+        *,
+        options: HTTPOptions | None = None,
+        attempts: int | Unset = UNSET,
+        backoff: Schedule | object = UNSET,
+        retry_statuses: Iterable[int] | Unset = UNSET,
+        idempotent_methods: Iterable[str] | Unset = UNSET,
+        respect_retry_after: bool | Unset = UNSET,
+        max_retry_after: float | timedelta | Unset = UNSET,
+        attempt_timeout: float | timedelta | Unset | None = UNSET,
+        total_timeout: float | timedelta | Unset | None = UNSET,
+        add_idempotency_key: bool | Unset = UNSET,
+        idempotency_header: str | Unset = UNSET,
+        buffer_limit: int | Unset = UNSET,
+        strategies: Iterable[Strategy] | Strategy = (),
+        per_host: Any = None,
+        max_hosts: int = 256,
+        budget: RetryBudget | None = None,
+        name: str = "http",
+        clock: Clock | None = None,
+        rng: Rng | None = None,
     ) -> None:
-        if options is not None and not isinstance(options, HTTPOptions):
-            raise TypeError(f"options must be an HTTPOptions or None, got {options!r}")
-        self._wrapped = wrapped
+        self._wrapped = self._checked(wrapped)
         self._engine = Engine(
-            (options or DEFAULT_OPTIONS).merge(**changes),
+            adapter_options(
+                options,
+                attempts=attempts,
+                backoff=backoff,
+                retry_statuses=retry_statuses,
+                idempotent_methods=idempotent_methods,
+                respect_retry_after=respect_retry_after,
+                max_retry_after=max_retry_after,
+                attempt_timeout=attempt_timeout,
+                total_timeout=total_timeout,
+                add_idempotency_key=add_idempotency_key,
+                idempotency_header=idempotency_header,
+                buffer_limit=buffer_limit,
+            ),
             phase=_phase,
             status_of=_status,
             header_of=_header,
@@ -273,6 +302,15 @@ class _Transport(Generic[T]):
             clock=clock,
             rng=rng,
         )
+        self._build()
+
+    def _checked(self, wrapped: T | None) -> T:
+        """``wrapped`` if it is a transport of the right kind; the default one for ``None``."""
+        raise NotImplementedError
+
+    def _build(self) -> None:
+        """Settle the driver: the send of one attempt, wrapped by the engine."""
+        raise NotImplementedError
 
     @property
     def options(self) -> HTTPOptions:
@@ -301,10 +339,6 @@ class _Transport(Generic[T]):
             None if raw is None else Overrides.parse(raw),
         )
         return path, Call(body, None, ext)
-
-    def _host_key(self, request: httpx.Request) -> str:
-        url = request.url
-        return host_key(url.host, url.port, url.scheme)
 
 
 class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
@@ -338,96 +372,36 @@ class ResilientTransport(_Transport[httpx.BaseTransport], httpx.BaseTransport):
     ``"idempotency_key": True/False`` overrides ``add_idempotency_key``.
     """
 
-    def __init__(
-        self,
-        wrapped: httpx.BaseTransport | None = None,
-        *,
-        options: HTTPOptions | None = None,
-        attempts: int | Unset = UNSET,
-        backoff: Schedule | object = UNSET,
-        retry_statuses: Iterable[int] | Unset = UNSET,
-        idempotent_methods: Iterable[str] | Unset = UNSET,
-        respect_retry_after: bool | Unset = UNSET,
-        max_retry_after: float | timedelta | Unset = UNSET,
-        attempt_timeout: float | timedelta | Unset | None = UNSET,
-        total_timeout: float | timedelta | Unset | None = UNSET,
-        add_idempotency_key: bool | Unset = UNSET,
-        idempotency_header: str | Unset = UNSET,
-        buffer_limit: int | Unset = UNSET,
-        strategies: Iterable[Strategy] | Strategy = (),
-        per_host: Any = None,
-        max_hosts: int = 256,
-        budget: RetryBudget | None = None,
-        name: str = "http",
-        clock: Clock | None = None,
-        rng: Rng | None = None,
-    ) -> None:
+    def _checked(self, wrapped: httpx.BaseTransport | None) -> httpx.BaseTransport:
         if wrapped is None:
-            wrapped = httpx.HTTPTransport()
-        elif not isinstance(wrapped, httpx.BaseTransport):
+            return httpx.HTTPTransport()
+        if not isinstance(wrapped, httpx.BaseTransport):
             raise TypeError(
                 "wrapped must be a sync httpx transport (httpx.BaseTransport); use "
-                f"AsyncResilientTransport for httpx.AsyncClient; got {wrapped!r}"
+                f"AsyncResilientTransport for httpx.Client; got {wrapped!r}"
             )
-        self._setup(
-            wrapped,
-            options,
-            {
-                "attempts": attempts,
-                "backoff": backoff,
-                "retry_statuses": retry_statuses,
-                "idempotent_methods": idempotent_methods,
-                "respect_retry_after": respect_retry_after,
-                "max_retry_after": max_retry_after,
-                "attempt_timeout": attempt_timeout,
-                "total_timeout": total_timeout,
-                "add_idempotency_key": add_idempotency_key,
-                "idempotency_header": idempotency_header,
-                "buffer_limit": buffer_limit,
-            },
-            strategies,
-            per_host,
-            max_hosts,
-            budget,
-            name,
-            clock,
-            rng,
-        )
-        self._paths = self._engine.build_sync(self._send_factory(), _discard)
+        return wrapped
 
-    def _send_factory(self) -> Any:
+    def _build(self) -> None:
         wrapped = self._wrapped
         limit = self._engine.options.buffer_limit
         policy = self._engine.name
 
         def send(request: httpx.Request, call: Call) -> httpx.Response:
-            left = remaining()
+            left = time_left(policy)
             if left is not None:
-                if left <= 0.0:
-                    raise deadline_passed(policy)
                 request.extensions = _capped(call, left)
             response = wrapped.handle_request(request)
             if limit and _bufferable(response, limit):
                 _buffer(response)
             return response
 
-        self._send = send
-        return send
+        self._run = self._engine.build_sync(send, _discard, _host_of)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         path, call = self._plan(request)
-        hosts = self._engine.hosts
-        if hosts is not None:
-            call.host = hosts.send_for(self._host_key(request), self._send)
         try:
-            return self._paths[path](request, call)  # type: ignore[no-any-return]
-        except BaseException:
-            # Interrupted between attempts: the held response will never be returned.
-            previous = call.response
-            if previous is not None:
-                call.response = None
-                _discard(previous)
-            raise
+            return self._run(path, request, call)  # type: ignore[no-any-return]
         finally:
             if request.extensions is not call.extra:
                 request.extensions = call.extra
@@ -443,95 +417,36 @@ class AsyncResilientTransport(_Transport[httpx.AsyncBaseTransport], httpx.AsyncB
     Same parameters; ``wrapped`` defaults to ``httpx.AsyncHTTPTransport()``.
     """
 
-    def __init__(
-        self,
-        wrapped: httpx.AsyncBaseTransport | None = None,
-        *,
-        options: HTTPOptions | None = None,
-        attempts: int | Unset = UNSET,
-        backoff: Schedule | object = UNSET,
-        retry_statuses: Iterable[int] | Unset = UNSET,
-        idempotent_methods: Iterable[str] | Unset = UNSET,
-        respect_retry_after: bool | Unset = UNSET,
-        max_retry_after: float | timedelta | Unset = UNSET,
-        attempt_timeout: float | timedelta | Unset | None = UNSET,
-        total_timeout: float | timedelta | Unset | None = UNSET,
-        add_idempotency_key: bool | Unset = UNSET,
-        idempotency_header: str | Unset = UNSET,
-        buffer_limit: int | Unset = UNSET,
-        strategies: Iterable[Strategy] | Strategy = (),
-        per_host: Any = None,
-        max_hosts: int = 256,
-        budget: RetryBudget | None = None,
-        name: str = "http",
-        clock: Clock | None = None,
-        rng: Rng | None = None,
-    ) -> None:
+    def _checked(self, wrapped: httpx.AsyncBaseTransport | None) -> httpx.AsyncBaseTransport:
         if wrapped is None:
-            wrapped = httpx.AsyncHTTPTransport()
-        elif not isinstance(wrapped, httpx.AsyncBaseTransport):
+            return httpx.AsyncHTTPTransport()
+        if not isinstance(wrapped, httpx.AsyncBaseTransport):
             raise TypeError(
                 "wrapped must be an async httpx transport (httpx.AsyncBaseTransport); use "
                 f"ResilientTransport for httpx.Client; got {wrapped!r}"
             )
-        self._setup(
-            wrapped,
-            options,
-            {
-                "attempts": attempts,
-                "backoff": backoff,
-                "retry_statuses": retry_statuses,
-                "idempotent_methods": idempotent_methods,
-                "respect_retry_after": respect_retry_after,
-                "max_retry_after": max_retry_after,
-                "attempt_timeout": attempt_timeout,
-                "total_timeout": total_timeout,
-                "add_idempotency_key": add_idempotency_key,
-                "idempotency_header": idempotency_header,
-                "buffer_limit": buffer_limit,
-            },
-            strategies,
-            per_host,
-            max_hosts,
-            budget,
-            name,
-            clock,
-            rng,
-        )
-        self._paths = self._engine.build_async(self._send_factory(), _adiscard)
+        return wrapped
 
-    def _send_factory(self) -> Any:
+    def _build(self) -> None:
         wrapped = self._wrapped
         limit = self._engine.options.buffer_limit
         policy = self._engine.name
 
         async def send(request: httpx.Request, call: Call) -> httpx.Response:
-            left = remaining()
+            left = time_left(policy)
             if left is not None:
-                if left <= 0.0:
-                    raise deadline_passed(policy)
                 request.extensions = _capped(call, left)
             response = await wrapped.handle_async_request(request)
             if limit and _bufferable(response, limit):
                 await _abuffer(response)
             return response
 
-        self._send = send
-        return send
+        self._run = self._engine.build_async(send, _adiscard, _host_of)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         path, call = self._plan(request)
-        hosts = self._engine.hosts
-        if hosts is not None:
-            call.host = hosts.asend_for(self._host_key(request), self._send)
         try:
-            return await self._paths[path](request, call)  # type: ignore[no-any-return]
-        except BaseException:
-            previous = call.response
-            if previous is not None:
-                call.response = None
-                await _adiscard(previous)
-            raise
+            return await self._run(path, request, call)  # type: ignore[no-any-return]
         finally:
             if request.extensions is not call.extra:
                 request.extensions = call.extra

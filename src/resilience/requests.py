@@ -31,12 +31,10 @@ from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout as _Urllib3Timeout
 
 from ._core.clock import Clock, Rng
-from ._core.deadline import remaining
 from ._core.errors import TimeoutExceededError
 from ._core.options import UNSET, Unset
 from ._core.strategy import Strategy
 from ._http import (
-    DEFAULT_OPTIONS,
     DEFAULT_RETRY_STATUSES,
     DRAIN_LIMIT,
     IDEMPOTENT_METHODS,
@@ -50,12 +48,13 @@ from ._http import (
     RequestAttempted,
     SeekableBody,
     StreamBody,
+    adapter_options,
     cap_timeout,
-    deadline_passed,
     host_key,
     parse_retry_after,
     resend_count,
     response_classifier,
+    time_left,
 )
 from .backoff import Schedule
 from .retry import RetryBudget
@@ -114,6 +113,11 @@ def _split(request: requests.PreparedRequest) -> tuple[str, str, int | None]:
 def _describe(request: requests.PreparedRequest) -> tuple[str, str, int]:
     scheme, host, port = _split(request)
     return request.method or "", host, port or (443 if scheme == "https" else 80)
+
+
+def _host_of(request: requests.PreparedRequest) -> str:
+    scheme, host, port = _split(request)
+    return host_key(host, port, scheme)
 
 
 RESPONSE_CLASSIFIER = response_classifier(_status)
@@ -233,9 +237,8 @@ class ResilientAdapter(HTTPAdapter):
         clock: Clock | None = None,
         rng: Rng | None = None,
     ) -> None:
-        if options is not None and not isinstance(options, HTTPOptions):
-            raise TypeError(f"options must be an HTTPOptions or None, got {options!r}")
-        merged = (options or DEFAULT_OPTIONS).merge(
+        merged = adapter_options(
+            options,
             attempts=attempts,
             backoff=backoff,
             retry_statuses=retry_statuses,
@@ -267,7 +270,7 @@ class ResilientAdapter(HTTPAdapter):
         self._engine = Engine(
             phase=_phase, status_of=_status, header_of=_header, describe=_describe, **config
         )
-        self._paths = self._engine.build_sync(self._send_once, _discard)
+        self._run = self._engine.build_sync(self._send_once, _discard, _host_of)
 
     @property
     def options(self) -> HTTPOptions:
@@ -296,10 +299,8 @@ class ResilientAdapter(HTTPAdapter):
 
     def _send_once(self, request: requests.PreparedRequest, call: Call) -> requests.Response:
         stream, timeout, verify, cert, proxies = call.extra
-        left = remaining()
+        left = time_left(self._engine.name)
         if left is not None:
-            if left <= 0.0:
-                raise deadline_passed(self._engine.name)
             timeout = _capped(timeout, left)
         response = super().send(
             request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
@@ -324,22 +325,9 @@ class ResilientAdapter(HTTPAdapter):
         proxies: Mapping[str, str] | None = None,
     ) -> requests.Response:
         """Send ``request`` through the policy; the arguments are those of ``HTTPAdapter``."""
-        engine = self._engine
         body = _body(request)
-        path = engine.plan(
+        path = self._engine.plan(
             request.method or "GET", request.headers, not isinstance(body, StreamBody)
         )
         call = Call(body, None, (stream, timeout, verify, cert, proxies))
-        hosts = engine.hosts
-        if hosts is not None:
-            scheme, host, port = _split(request)
-            call.host = hosts.send_for(host_key(host, port, scheme), self._send_once)
-        try:
-            return self._paths[path](request, call)  # type: ignore[no-any-return]
-        except BaseException:
-            # Interrupted between attempts: the held response will never be returned.
-            previous = call.response
-            if previous is not None:
-                call.response = None
-                _discard(previous)
-            raise
+        return self._run(path, request, call)  # type: ignore[no-any-return]

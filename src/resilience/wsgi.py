@@ -29,18 +29,14 @@ response can still be replaced.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any
 
-from ._core.clock import Clock
 from ._core.deadline import DEADLINE
 from ._core.errors import RejectedError
-from ._server import Answer, Budget, ServerOptions, ServerPolicy
+from ._server import Answer, Budget, ServerMiddleware, ServerPolicy
 from .bulkhead import Bulkhead
-from .keyed import Keyed
-from .rate_limit import RateLimiter
 
 __all__ = ["ResilienceMiddleware", "remote_address"]
 
@@ -60,7 +56,7 @@ def remote_address(environ: Environ) -> str | None:
     return str(addr) if addr else None
 
 
-class ResilienceMiddleware:
+class ResilienceMiddleware(ServerMiddleware[WSGIApp, Environ]):
     """Guard a WSGI app: shed load with a bulkhead, rate-limit clients, bound each request.
 
     The parameters are those of :class:`resilience.asgi.ResilienceMiddleware`, except
@@ -72,50 +68,16 @@ class ResilienceMiddleware:
     including an error while the body is produced and a client that disconnects.
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        bulkhead: Bulkhead | None = None,
-        rate_limit: RateLimiter | Keyed[RateLimiter] | None = None,
-        client_key: Callable[[Environ], Hashable | None] | None = None,
-        timeout: float | timedelta | None = None,
-        timeout_header: str | None = None,
-        map_circuit_open: bool = False,
-        default_retry_after: int = 1,
-        exclude: Iterable[str] = (),
-        name: str = "http_server",
-        clock: Clock | None = None,
-    ) -> None:
-        if not callable(app):
-            raise TypeError(f"app must be a WSGI application, got {app!r}")
-        self.app = app
-        self._policy = ServerPolicy(
-            ServerOptions(
-                bulkhead=bulkhead,
-                rate_limit=rate_limit,
-                client_key=client_key,
-                timeout=timeout,
-                timeout_header=timeout_header,
-                map_circuit_open=map_circuit_open,
-                default_retry_after=default_retry_after,
-                exclude=exclude,
-                name=name,
-                clock=clock,
-            )
-        )
-        self._client_key = client_key or remote_address
-        self._header = (
-            None if timeout_header is None else "HTTP_" + timeout_header.upper().replace("-", "_")
-        )
-        # Watch the response only when something depends on it.
-        self._watch = bulkhead is not None or self._policy.has_deadline or map_circuit_open
+    _application = "a WSGI application"
 
-    def __repr__(self) -> str:
-        o = self._policy.options
-        return (
-            f"ResilienceMiddleware({self.app!r}, bulkhead={o.bulkhead!r}, "
-            f"rate_limit={o.rate_limit!r}, timeout={o.timeout!r})"
+    def _configure(self, policy: ServerPolicy) -> None:
+        options = policy.options
+        self._client_key = options.client_key or remote_address
+        header = options.timeout_header
+        self._header = None if header is None else "HTTP_" + header.upper().replace("-", "_")
+        # Watch the response only when something depends on it.
+        self._watch = (
+            options.bulkhead is not None or policy.has_deadline or options.map_circuit_open
         )
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
@@ -131,8 +93,7 @@ class ResilienceMiddleware:
             bulkhead = policy.bulkhead
             try:
                 if policy.limits:
-                    key = self._client_key(environ) if policy.per_client else None
-                    limiter = policy.limiter_for(key)
+                    limiter = self._limiter(environ)
                     if limiter is not None:
                         limiter.acquire()
                 if bulkhead is not None:

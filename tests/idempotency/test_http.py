@@ -4,6 +4,7 @@ once under a real uvicorn server."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import socket
 import threading
@@ -352,6 +353,49 @@ def test_wsgi_app_exception_releases_the_key() -> None:
             c.post("/", content=b"x", headers={"Idempotency-Key": "k"})
         assert c.post("/", content=b"x", headers={"Idempotency-Key": "k"}).text == "ok"
     assert calls == 2
+
+
+class _Abort(BaseException):
+    """Not an ``Exception``: the request did not finish, like ``KeyboardInterrupt``."""
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"), [(RuntimeError, "unknown_failure"), (_Abort, "cancelled")]
+)
+async def test_asgi_and_wsgi_release_the_key_of_a_failed_request_for_the_same_reason(
+    error: type[BaseException], reason: str, events: CapturingListener
+) -> None:
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        raise error("boom")
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise error("boom")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"x", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/",
+        "query_string": b"",
+        "headers": [(b"idempotency-key", b"k")],
+    }
+    with pytest.raises(error):
+        await IdempotencyMiddleware(asgi_app, store=MemoryStore())(scope, receive, send)
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/",
+        "HTTP_IDEMPOTENCY_KEY": "k",
+        "CONTENT_LENGTH": "1",
+        "wsgi.input": io.BytesIO(b"x"),
+    }
+    with pytest.raises(error):
+        WSGIIdempotencyMiddleware(wsgi_app, store=MemoryStore())(environ, lambda *a: None)
+    assert [e.reason for e in events.of_type(IdempotencyReleased)] == [reason, reason]
 
 
 def test_middleware_options_are_validated() -> None:

@@ -24,36 +24,19 @@ the store fails (``fail_closed``)                503 problem+json
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from datetime import timedelta
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
-from resilience._core.clock import Clock
-
-from ._guard import DEFAULT_MAX_KEY_LENGTH, Guard, Ticket, store_key
+from ._guard import Ticket, store_key
 from ._http import (
-    DEFAULT_METHODS,
-    DEFAULT_REPLAY_HEADERS,
+    REFUSED,
+    HttpOptions,
+    Middleware,
     authorization_scope,
-    decode_response,
-    default_store_status,
-    encode_response,
-    event_scope,
-    http_options,
-    kept_headers,
-    parse_key,
-    problem,
-    replay_headers,
+    failure_reason,
     request_fingerprint,
 )
-from .errors import (
-    IdempotencyConflictError,
-    IdempotencyKeyError,
-    IdempotencyKeyMismatchError,
-    IdempotencyStoreError,
-)
-from .store import Completed, IdempotencyStore
+from .store import Completed
 
 __all__ = ["IdempotencyMiddleware"]
 
@@ -63,7 +46,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[MutableMapping[str, Any], Receive, Send], Awaitable[None]]
 
 
-class IdempotencyMiddleware:
+class IdempotencyMiddleware(Middleware[ASGIApp, MutableMapping[str, Any]]):
     """Make an ASGI app's unsafe requests idempotent by their ``Idempotency-Key``.
 
     Parameters:
@@ -91,51 +74,11 @@ class IdempotencyMiddleware:
     until it is stored.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        store: IdempotencyStore,
-        methods: Iterable[str] = DEFAULT_METHODS,
-        header: str = "Idempotency-Key",
-        required: bool = True,
-        scope: Callable[[MutableMapping[str, Any]], str | None] | None = None,
-        ttl: float | timedelta = 86_400.0,
-        lease: float | timedelta = 60.0,
-        heartbeat: bool = False,
-        wait: float | timedelta | None = None,
-        poll_interval: float | timedelta = 0.05,
-        store_status: Callable[[int], bool] = default_store_status,
-        replay_headers: Iterable[str] = DEFAULT_REPLAY_HEADERS,
-        on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed",
-        max_key_length: int = DEFAULT_MAX_KEY_LENGTH,
-        name: str = "http",
-        clock: Clock | None = None,
-    ) -> None:
-        self.app = app
-        self._opts = http_options(
-            store=store,
-            methods=methods,
-            header=header,
-            required=required,
-            scope=scope,
-            ttl=ttl,
-            lease=lease,
-            heartbeat=heartbeat,
-            wait=wait,
-            poll_interval=poll_interval,
-            store_status=store_status,
-            replay_headers=replay_headers,
-            on_store_error=on_store_error,
-            max_key_length=max_key_length,
-            name=name,
-            clock=clock,
-        )
-        if not store.supports_async:
-            raise TypeError(f"{store!r} has no async methods; the ASGI middleware needs them")
-        self._guard = Guard(self._opts.guard)
-        self._scope = event_scope(self._opts)
-        self._header = self._opts.header.encode("latin-1")
+    _interface = "ASGI"
+    _asynchronous = True
+
+    def _configure(self, opts: HttpOptions) -> None:
+        self._header = opts.header.encode("latin-1")
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         opts = self._opts
@@ -143,18 +86,12 @@ class IdempotencyMiddleware:
             await self.app(scope, receive, send)
             return
         headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
-        values = [v.decode("latin-1") for k, v in headers if k.lower() == self._header]
-        max_len = opts.guard.max_key_length
-        if not values:
-            if opts.required:
-                await _answer(send, *problem("missing", max_len))
-            else:
-                await self.app(scope, receive, send)
+        key = self._key([v.decode("latin-1") for k, v in headers if k.lower() == self._header])
+        if key is None:
+            await self.app(scope, receive, send)
             return
-        try:
-            key = parse_key(values, max_len, opts.name)
-        except IdempotencyKeyError:
-            await _answer(send, *problem("invalid", max_len))
+        if not isinstance(key, str):
+            await _answer(send, *key)
             return
         if opts.scope is not None:
             owner = opts.scope(scope)
@@ -170,49 +107,35 @@ class IdempotencyMiddleware:
             (scope.get("query_string") or b"").decode("latin-1"),
             body,
         )
-        guard, escope = self._guard, self._scope
         try:
-            entry = await guard.abegin(escope, key, store_key(opts.name, owner, key), fp)
-        except IdempotencyConflictError as exc:
-            await _answer(send, *problem("conflict", max_len, exc.retry_after))
-            return
-        except IdempotencyKeyMismatchError:
-            await _answer(send, *problem("mismatch", max_len))
-            return
-        except IdempotencyStoreError:
-            await _answer(send, *problem("unavailable", max_len))
+            entry = await self._guard.abegin(self._scope, key, store_key(opts.name, owner, key), fp)
+        except REFUSED as exc:
+            await _answer(send, *self._refused(exc))
             return
         if entry is None:  # the store failed and the middleware fails open
             await self.app(scope, replay_receive, send)
             return
         if isinstance(entry, Completed):
-            try:
-                status, kept, stored_body = decode_response(entry.payload)
-            except ValueError:
-                await _answer(send, *problem("unavailable", max_len))
-                return
-            guard.replayed(escope, key, None)
-            await _answer(send, status, replay_headers(kept, stored_body), stored_body)
+            await _answer(send, *self._replay(entry, key))
             return
         await self._run(entry, scope, replay_receive, send)
 
     async def _run(
         self, ticket: Ticket, scope: MutableMapping[str, Any], receive: Receive, send: Send
     ) -> None:
-        opts, guard = self._opts, self._guard
+        guard = self._guard
         status: int | None = None
-        kept: list[tuple[str, str]] = []
+        headers: list[tuple[str, str]] = []
         chunks: list[bytes] = []
         done = False
 
         async def capture(message: Message) -> None:
-            nonlocal status, kept, done
+            nonlocal status, headers, done
             if message["type"] == "http.response.start":
                 status = int(message["status"])
-                kept = kept_headers(
-                    ((k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]),
-                    opts.replay_headers,
-                )
+                headers = [
+                    (k.decode("latin-1"), v.decode("latin-1")) for k, v in message["headers"]
+                ]
             elif message["type"] == "http.response.body":
                 chunks.append(bytes(message.get("body", b"")))
                 done = not message.get("more_body", False)
@@ -221,16 +144,13 @@ class IdempotencyMiddleware:
         try:
             guard.astart_beat(ticket)
             await self.app(scope, receive, capture)
-        except asyncio.CancelledError:
-            await guard.asettle(ticket, None, "cancelled")
+        except BaseException as exc:
+            await guard.asettle(ticket, None, failure_reason(exc))
             raise
-        except BaseException:
-            await guard.asettle(ticket, None, "unknown_failure")
-            raise
-        if status is None or not done or not opts.store_status(status):
-            await guard.asettle(ticket, None, "not_stored")
-        else:
-            await guard.asettle(ticket, encode_response(status, kept, b"".join(chunks)), "")
+        # A response the app did not finish is not stored.
+        await guard.asettle(
+            ticket, *self._outcome(status if done else None, headers, b"".join(chunks))
+        )
 
 
 async def _read_body(receive: Receive) -> tuple[bytes, bool]:

@@ -10,35 +10,19 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterable
-from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
-from resilience._core.clock import Clock
-
-from ._guard import DEFAULT_MAX_KEY_LENGTH, Guard, store_key
+from ._guard import store_key
 from ._http import (
-    DEFAULT_METHODS,
-    DEFAULT_REPLAY_HEADERS,
+    REFUSED,
+    HttpOptions,
+    Middleware,
     authorization_scope,
-    decode_response,
-    default_store_status,
-    encode_response,
-    event_scope,
-    http_options,
-    kept_headers,
-    parse_key,
-    problem,
-    replay_headers,
+    failure_reason,
     request_fingerprint,
     status_line,
 )
-from .errors import (
-    IdempotencyConflictError,
-    IdempotencyKeyError,
-    IdempotencyKeyMismatchError,
-    IdempotencyStoreError,
-)
-from .store import Completed, IdempotencyStore
+from .store import Completed
 
 __all__ = ["IdempotencyMiddleware"]
 
@@ -47,7 +31,7 @@ StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 
-class IdempotencyMiddleware:
+class IdempotencyMiddleware(Middleware[WSGIApp, Environ]):
     """Make a WSGI app's unsafe requests idempotent by their ``Idempotency-Key``.
 
     The parameters are those of :class:`resilience.idempotency.asgi.IdempotencyMiddleware`,
@@ -55,67 +39,23 @@ class IdempotencyMiddleware:
     methods.
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        store: IdempotencyStore,
-        methods: Iterable[str] = DEFAULT_METHODS,
-        header: str = "Idempotency-Key",
-        required: bool = True,
-        scope: Callable[[Environ], str | None] | None = None,
-        ttl: float | timedelta = 86_400.0,
-        lease: float | timedelta = 60.0,
-        heartbeat: bool = False,
-        wait: float | timedelta | None = None,
-        poll_interval: float | timedelta = 0.05,
-        store_status: Callable[[int], bool] = default_store_status,
-        replay_headers: Iterable[str] = DEFAULT_REPLAY_HEADERS,
-        on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed",
-        max_key_length: int = DEFAULT_MAX_KEY_LENGTH,
-        name: str = "http",
-        clock: Clock | None = None,
-    ) -> None:
-        self.app = app
-        self._opts = http_options(
-            store=store,
-            methods=methods,
-            header=header,
-            required=required,
-            scope=scope,
-            ttl=ttl,
-            lease=lease,
-            heartbeat=heartbeat,
-            wait=wait,
-            poll_interval=poll_interval,
-            store_status=store_status,
-            replay_headers=replay_headers,
-            on_store_error=on_store_error,
-            max_key_length=max_key_length,
-            name=name,
-            clock=clock,
-        )
-        if not store.supports_sync:
-            raise TypeError(f"{store!r} has no sync methods; the WSGI middleware needs them")
-        self._guard = Guard(self._opts.guard)
-        self._scope = event_scope(self._opts)
-        self._environ_key = "HTTP_" + self._opts.header.upper().replace("-", "_")
+    _interface = "WSGI"
+    _asynchronous = False
+
+    def _configure(self, opts: HttpOptions) -> None:
+        self._environ_key = "HTTP_" + opts.header.upper().replace("-", "_")
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         opts = self._opts
         if environ.get("REQUEST_METHOD", "GET").upper() not in opts.methods:
             return self.app(environ, start_response)
         raw = environ.get(self._environ_key)
-        max_len = opts.guard.max_key_length
-        if raw is None:
-            if opts.required:
-                return _answer(start_response, *problem("missing", max_len))
+        # A WSGI server joins repeated headers with ", ".
+        key = self._key([] if raw is None else raw.split(",") if '"' in raw else [raw])
+        if key is None:
             return self.app(environ, start_response)
-        try:
-            # A WSGI server joins repeated headers with ", ".
-            key = parse_key(raw.split(",") if '"' in raw else [raw], max_len, opts.name)
-        except IdempotencyKeyError:
-            return _answer(start_response, *problem("invalid", max_len))
+        if not isinstance(key, str):
+            return _answer(start_response, *key)
         if opts.scope is not None:
             owner = opts.scope(environ)
         else:
@@ -130,24 +70,15 @@ class IdempotencyMiddleware:
             environ.get("QUERY_STRING", ""),
             body,
         )
-        guard, escope = self._guard, self._scope
+        guard = self._guard
         try:
-            entry = guard.begin(escope, key, store_key(opts.name, owner, key), fp)
-        except IdempotencyConflictError as exc:
-            return _answer(start_response, *problem("conflict", max_len, exc.retry_after))
-        except IdempotencyKeyMismatchError:
-            return _answer(start_response, *problem("mismatch", max_len))
-        except IdempotencyStoreError:
-            return _answer(start_response, *problem("unavailable", max_len))
+            entry = guard.begin(self._scope, key, store_key(opts.name, owner, key), fp)
+        except REFUSED as exc:
+            return _answer(start_response, *self._refused(exc))
         if entry is None:  # the store failed and the middleware fails open
             return self.app(environ, start_response)
         if isinstance(entry, Completed):
-            try:
-                status, kept, stored = decode_response(entry.payload)
-            except ValueError:
-                return _answer(start_response, *problem("unavailable", max_len))
-            guard.replayed(escope, key, None)
-            return _answer(start_response, status, replay_headers(kept, stored), stored)
+            return _answer(start_response, *self._replay(entry, key))
 
         captured: dict[str, Any] = {}
         written: list[bytes] = []
@@ -166,9 +97,7 @@ class IdempotencyMiddleware:
                 if close is not None:
                     close()
         except BaseException as exc:
-            guard.settle(
-                entry, None, "unknown_failure" if isinstance(exc, Exception) else "cancelled"
-            )
+            guard.settle(entry, None, failure_reason(exc))
             raise
         if "status" not in captured:
             guard.settle(entry, None, "not_stored")
@@ -176,12 +105,7 @@ class IdempotencyMiddleware:
         status_text: str = captured["status"]
         headers: list[tuple[str, str]] = captured["headers"]
         data = b"".join(written)
-        code = int(status_text.split(None, 1)[0])
-        if opts.store_status(code):
-            kept = kept_headers(headers, opts.replay_headers)
-            guard.settle(entry, encode_response(code, kept, data), "")
-        else:
-            guard.settle(entry, None, "not_stored")
+        guard.settle(entry, *self._outcome(int(status_text.split(None, 1)[0]), headers, data))
         start_response(status_text, headers)
         return [data]
 
