@@ -457,7 +457,8 @@ class RateLimiter(Strategy):
     # _Gcra); only a call that is refused at once or must wait, or that finds callers in
     # line, goes through the methods above. As a policy's outermost strategy the closure
     # also carries the policy's gate (see PolicyGate); further in it has no such code at
-    # all, so the fast path is written twice.
+    # all, so the fast path is written twice. A call without keyword arguments is passed
+    # on as ``fn(*args)``: ``fn(*args, **kwargs)`` copies the (empty) dict on every call.
     def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
         return self._sync_driver(fn, scope, None)
 
@@ -482,7 +483,7 @@ class RateLimiter(Strategy):
                     g.tat = (tat if tat > t else t) + interval
                 else:
                     slow(scope)
-                return fn(*args, **kwargs)
+                return fn(*args, **kwargs) if kwargs else fn(*args)
 
             return rate_limited_sync
 
@@ -498,7 +499,7 @@ class RateLimiter(Strategy):
                 g.tat = (tat if tat > t else t) + interval
             else:
                 slow(scope)
-            return fn(*args, **kwargs)
+            return fn(*args, **kwargs) if kwargs else fn(*args)
 
         return rate_limited_sync_policy
 
@@ -514,7 +515,7 @@ class RateLimiter(Strategy):
             if switch.mode:
                 return observed(args, kwargs)
             acquire(scope)
-            return fn(*args, **kwargs)
+            return fn(*args, **kwargs) if kwargs else fn(*args)
 
         return rate_limited_sync_locked
 
@@ -607,7 +608,7 @@ class RateLimiter(Strategy):
                     g.tat = (tat if tat > t else t) + interval
                 else:
                     await slow(scope)
-                return await fn(*args, **kwargs)
+                return await fn(*args, **kwargs) if kwargs else await fn(*args)
 
             return rate_limited_async
 
@@ -623,7 +624,7 @@ class RateLimiter(Strategy):
                 g.tat = (tat if tat > t else t) + interval
             else:
                 await slow(scope)
-            return await fn(*args, **kwargs)
+            return await fn(*args, **kwargs) if kwargs else await fn(*args)
 
         return rate_limited_async_policy
 
@@ -641,7 +642,7 @@ class RateLimiter(Strategy):
             if switch.mode:
                 return await observed(args, kwargs)
             await acquire(scope)
-            return await fn(*args, **kwargs)
+            return await fn(*args, **kwargs) if kwargs else await fn(*args)
 
         return rate_limited_async_locked
 
