@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -35,3 +37,30 @@ def need_server(what: str, error: BaseException) -> None:
     if IN_CI:
         pytest.fail(f"{msg} (CI=true: the server must be running)")
     pytest.skip(msg)
+
+
+@pytest.fixture
+def eager_switching() -> Iterator[None]:
+    """Threads switch as often as the interpreter allows, so that races show up."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def run_threads(n: int, target: Callable[[], object]) -> None:
+    """Run ``target()`` on ``n`` threads that start together; fail if one gets stuck."""
+    start = threading.Barrier(n)
+
+    def worker() -> None:
+        start.wait()
+        target()
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a thread is stuck"

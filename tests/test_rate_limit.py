@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience
+from conftest import run_threads
 from resilience import (
     Pipeline,
     RateLimited,
@@ -716,3 +717,102 @@ async def test_many_cancelled_waiters_leave_no_trace() -> None:
     assert admitted == sorted(admitted), "first come, first served"
     assert line(limiter) == 0
     assert limiter.snapshot()["rejected"] == 0
+
+
+# -- the lock-free path under the GIL --------------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["lock-free", "locked"])
+def lock_free(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both drivers: lock-free (the GIL) and locked (a free-threaded build), built per test."""
+    if request.param and not resilience.rate_limit._GIL:
+        pytest.skip("the lock-free drivers need the GIL")
+    monkeypatch.setattr(resilience.rate_limit, "_GIL", request.param)
+    return bool(request.param)
+
+
+def test_admissions_are_exact_with_threads_switching_every_microsecond(
+    eager_switching: None, lock_free: bool, clock: FakeClock, events: CapturingListener
+) -> None:
+    # 15 threads take permits every way there is (decorated, try_acquire, acquire, with),
+    # one more runs an event loop whose tasks take them the async ways, while the clock
+    # moves on by single intervals. A permit taken twice (a lost update of ``tat``), or
+    # a permit lost, shows in the total: every permit there was, and none more, is taken.
+    burst = 120_000
+    limiter = RateLimiter(1_000, burst=burst, clock=clock)  # one permit per 1 ms
+    advanced = 0
+    totals: list[tuple[int, int, int]] = []  # (admitted, refused, refusals published)
+
+    @limiter
+    def call() -> None:
+        return None
+
+    @limiter
+    async def acall() -> None:
+        return None
+
+    def take(i: int) -> None:
+        how = i % 8
+        if how < 5:
+            call()
+        elif how == 5:
+            limiter.acquire()
+        elif how == 6:
+            with limiter:
+                pass
+        elif not limiter.try_acquire():
+            raise LookupError  # refused, unpublished
+
+    def hammer_threads() -> None:
+        nonlocal advanced
+        admitted = refused = published = 0
+        for i in range(10_000):
+            try:
+                take(i)
+                admitted += 1
+            except RateLimitedError:
+                refused += 1
+                published += 1
+            except LookupError:
+                refused += 1
+            if i % 97 == 0:
+                with lock:  # FakeClock.advance is not meant for several threads at once
+                    clock.advance(0.001)
+                    advanced += 1
+        totals.append((admitted, refused, published))
+
+    async def hammer_tasks() -> None:
+        async def one() -> tuple[int, int]:
+            admitted = refused = 0
+            for i in range(150):
+                try:
+                    await (acall() if i % 2 else limiter.aacquire())
+                    admitted += 1
+                except RateLimitedError:
+                    refused += 1
+                await asyncio.sleep(0)
+            return admitted, refused
+
+        for admitted, refused in await asyncio.gather(*(one() for _ in range(20))):
+            totals.append((admitted, refused, refused))
+
+    lock = threading.Lock()
+    starts = iter(range(16))
+
+    def hammer() -> None:
+        if next(starts) == 0:
+            asyncio.run(hammer_tasks())
+        else:
+            hammer_threads()
+
+    run_threads(16, hammer)
+    admitted, refused, published = (sum(t[i] for t in totals) for i in range(3))
+    assert admitted + refused == 15 * 10_000 + 20 * 150
+    assert refused > 0, "the burst was never used up: nothing raced at its end"
+    # The clock is still now: what is left can be taken, one at a time, and no more.
+    left = 0
+    while limiter.try_acquire():
+        left += 1
+    assert admitted + left == 1 + burst + advanced
+    assert limiter.snapshot()["rejected"] == refused + 1
+    assert len(events.of_type(RateLimited)) == published
