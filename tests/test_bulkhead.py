@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
@@ -1026,3 +1027,55 @@ def test_queued_callers_are_never_stranded_next_to_a_free_permit(
     assert peak[0] == 1
     assert (b.in_flight, b.queued) == (0, 0)
     assert b.snapshot()["rejected"] == 0
+
+
+# -- telemetry: the policy gate fused into the bulkhead's closure ----------------------------------
+
+
+def _outcomes(policy: str) -> dict[str, int]:
+    counted = STATS.get(policy, "bulkhead")
+    return {o: counted.calls(i) for i, o in enumerate(CALL_OUTCOMES)}
+
+
+@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
+async def test_the_fused_gate_records_what_the_separate_wrapper_records(durations: bool) -> None:
+    fused, separate, afused = Bulkhead(1), Bulkhead(1), Bulkhead(1)
+    fused.name, separate.name = f"fused-bulkhead-{durations}", f"separate-bulkhead-{durations}"
+    afused.name = f"fused-async-bulkhead-{durations}"
+
+    def work(what: str) -> str:
+        if what == "fail":
+            raise OSError("down")
+        return what
+
+    async def awork(what: str) -> str:
+        return work(what)
+
+    decorated, adecorated = fused(work), afused(awork)
+    TELEMETRY.acquire_metrics(durations=durations)
+    try:
+        for what in ("ok", "fail", "full", "ok"):
+            for b, run in ((fused, decorated), (separate, lambda w: separate.call(work, w))):
+                with contextlib.ExitStack() as stack:
+                    if what == "full":
+                        stack.enter_context(b)  # the only permit is taken
+                    with contextlib.suppress(OSError, BulkheadFullError):
+                        run(what)
+            with contextlib.ExitStack() as stack:
+                if what == "full":
+                    stack.enter_context(afused)
+                with contextlib.suppress(OSError, BulkheadFullError):
+                    await adecorated(what)
+    finally:
+        TELEMETRY.release_metrics(durations=durations)
+    expected = _outcomes(separate.name)
+    assert expected["success"] == 2
+    assert expected["rejected"] == 1
+    assert sum(expected.values()) == 4
+    assert _outcomes(fused.name) == expected
+    assert _outcomes(afused.name) == expected
+    # While telemetry is off the gate counts nothing.
+    decorated("ok")
+    await adecorated("ok")
+    assert _outcomes(fused.name) == expected
+    assert _outcomes(afused.name) == expected

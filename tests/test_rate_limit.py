@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from resilience import (
     Retry,
     deadline,
 )
+from resilience._core.telemetry import CALL_OUTCOMES, STATS, TELEMETRY
 from resilience._core.waiters import Waiter
 from resilience.testing import CapturingListener, FakeClock
 
@@ -816,3 +818,48 @@ def test_admissions_are_exact_with_threads_switching_every_microsecond(
     assert admitted + left == 1 + burst + advanced
     assert limiter.snapshot()["rejected"] == refused + 1
     assert len(events.of_type(RateLimited)) == published
+
+
+# -- telemetry: the policy gate fused into the limiter's closure -----------------------------------
+
+
+def _outcomes(policy: str) -> dict[str, int]:
+    counted = STATS.get(policy, "rate_limiter")
+    return {o: counted.calls(i) for i, o in enumerate(CALL_OUTCOMES)}
+
+
+@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
+async def test_the_fused_gate_records_what_the_separate_wrapper_records(
+    clock: FakeClock, durations: bool
+) -> None:
+    # One permit each, then none: ok, a failure, a rejection.
+    fused, separate, afused = (RateLimiter(1, burst=1, clock=clock) for _ in range(3))
+    fused.name, separate.name = f"fused-limiter-{durations}", f"separate-limiter-{durations}"
+    afused.name = f"fused-async-limiter-{durations}"
+
+    def work(what: str) -> str:
+        if what == "fail":
+            raise OSError("down")
+        return what
+
+    async def awork(what: str) -> str:
+        return work(what)
+
+    decorated, adecorated = fused(work), afused(awork)
+    TELEMETRY.acquire_metrics(durations=durations)
+    try:
+        for what in ("ok", "fail", "refused"):
+            with contextlib.suppress(OSError, RateLimitedError):
+                decorated(what)
+            with contextlib.suppress(OSError, RateLimitedError):
+                separate.call(work, what)
+            with contextlib.suppress(OSError, RateLimitedError):
+                await adecorated(what)
+    finally:
+        TELEMETRY.release_metrics(durations=durations)
+    expected = _outcomes(separate.name)
+    assert expected["success"] == 1
+    assert expected["rejected"] == 1
+    assert sum(expected.values()) == 3
+    assert _outcomes(fused.name) == expected
+    assert _outcomes(afused.name) == expected
