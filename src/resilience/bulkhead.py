@@ -371,18 +371,21 @@ class Bulkhead(Strategy):
             return f"every permit is in use and {p.max_queued} calls are already queued"
         return "every permit is in use"
 
-    # -- sync driver ------------------------------------------------------------------------
-    def _acquire_sync(self, scope: Scope) -> None:
+    def _try_take(self) -> bool:
+        """Take a free permit if there is one: no queue, no waiting."""
         p = self._permits
         if _GIL:
             if p.in_flight < p.max_concurrent:  # one step under the GIL (see _Permits)
                 p.in_flight += 1
-                return
-        else:
-            with p.lock:
-                if p.try_take():
-                    return
-        self._acquire_sync_slow(scope)
+                return True
+            return False
+        with p.lock:
+            return p.try_take()
+
+    # -- sync driver ------------------------------------------------------------------------
+    def _acquire_sync(self, scope: Scope) -> None:
+        if not self._try_take():
+            self._acquire_sync_slow(scope)
 
     def _acquire_sync_slow(self, scope: Scope) -> None:
         p = self._permits
@@ -515,16 +518,8 @@ class Bulkhead(Strategy):
 
     # -- async driver -----------------------------------------------------------------------
     async def _acquire_async(self, scope: Scope) -> None:
-        p = self._permits
-        if _GIL:
-            if p.in_flight < p.max_concurrent:  # one step under the GIL (see _Permits)
-                p.in_flight += 1
-                return
-        else:
-            with p.lock:
-                if p.try_take():
-                    return
-        await self._acquire_async_slow(scope)
+        if not self._try_take():
+            await self._acquire_async_slow(scope)
 
     async def _acquire_async_slow(self, scope: Scope) -> None:
         p = self._permits
@@ -673,7 +668,8 @@ class Bulkhead(Strategy):
 
     async def __aenter__(self) -> Bulkhead:
         """``async with bulkhead:`` holds a permit for the block."""
-        await self._acquire_async(self._cm_scope)
+        if not self._try_take():  # (no second coroutine on the fast path)
+            await self._acquire_async_slow(self._cm_scope)
         return self
 
     async def __aexit__(

@@ -392,20 +392,23 @@ class RateLimiter(Strategy):
             _wake(g, g.leave(waiter))
         raise self._rejected(scope, max(seconds, 1e-6), f"no permit within {now - start:.6f} s")
 
-    # -- sync driver ------------------------------------------------------------------------
-    def _acquire_sync(self, scope: Scope) -> None:
+    def _take_now(self) -> bool:
+        """Take a permit if one is free now and nobody is in line: no waiting, no count."""
         g = self._gcra
         now = self._now_ns() // 1000 * g.rate
         if _GIL:
             tat = g.tat
             if tat - g.tolerance <= now and not g.waiters:  # one step (see _Gcra)
                 g.tat = (tat if tat > now else now) + g.interval
-                return
-        else:
-            with g.lock:
-                if not g.waiters and g.take(now) == 0:
-                    return
-        self._acquire_sync_slow(scope)
+                return True
+            return False
+        with g.lock:
+            return not g.waiters and g.take(now) == 0
+
+    # -- sync driver ------------------------------------------------------------------------
+    def _acquire_sync(self, scope: Scope) -> None:
+        if not self._take_now():
+            self._acquire_sync_slow(scope)
 
     def _acquire_sync_slow(self, scope: Scope) -> None:
         g = self._gcra
@@ -521,18 +524,8 @@ class RateLimiter(Strategy):
 
     # -- async driver -----------------------------------------------------------------------
     async def _acquire_async(self, scope: Scope) -> None:
-        g = self._gcra
-        now = self._now_ns() // 1000 * g.rate
-        if _GIL:
-            tat = g.tat
-            if tat - g.tolerance <= now and not g.waiters:  # one step (see _Gcra)
-                g.tat = (tat if tat > now else now) + g.interval
-                return
-        else:
-            with g.lock:
-                if not g.waiters and g.take(now) == 0:
-                    return
-        await self._acquire_async_slow(scope)
+        if not self._take_now():
+            await self._acquire_async_slow(scope)
 
     async def _acquire_async_slow(self, scope: Scope) -> None:
         g = self._gcra
@@ -649,6 +642,7 @@ class RateLimiter(Strategy):
     # -- direct use ---------------------------------------------------------------------------
     def try_acquire(self) -> bool:
         """Take a permit if one is available now; never waits, raises nothing."""
+        # _take_now() inlined: this is a hot path of its own.
         g = self._gcra
         now = self._now_ns() // 1000 * g.rate
         if _GIL:
