@@ -104,7 +104,9 @@ class _Permits:
     jump, nothing allocated that the collector tracks): ``in_flight < max_concurrent``
     then ``in_flight += 1``; ``not waiters`` then ``in_flight -= 1``. Every locked
     update of ``in_flight`` is such a step too, so none is ever lost; :meth:`join`
-    keeps the invariant against them.
+    keeps the invariant against them. (A Python trace function, as a debugger sets,
+    runs between lines and may switch threads there: exactness under one is not
+    promised.)
     """
 
     __slots__ = ("in_flight", "lock", "max_concurrent", "max_queued", "rejected", "waiters")
@@ -133,7 +135,8 @@ class _Permits:
         lock-free release that sees the queue empty has given its permit back by then
         (and the look below finds it); one that comes later sees the queue and takes the
         lock, to hand its permit to the first waiter. Looking first and queueing after
-        could park a waiter next to a free permit that nobody would ever hand it.
+        could park a waiter next to a free permit until some later call ends (for ever,
+        if none comes).
         """
         waiters = self.waiters
         waiters.append(waiter)

@@ -78,10 +78,11 @@ class RateLimitWaited(Event):
 class _Gcra:
     """The limiter's decision object (generic cell rate algorithm) and its line of waiters.
 
-    Time ``t`` seconds is its whole microseconds times ``rate``: ``t`` is read to the
-    nanosecond (``round(t * 1e9)``, what :func:`~resilience._core.clock.monotonic_ns`
-    answers on every clock) and cut to the microsecond (``// 1000``), so the hot path
-    can use ``time.monotonic_ns`` and integer division. The emission interval
+    Time ``t`` seconds is its whole microseconds times ``rate``: ``t`` is taken to the
+    nanosecond (``round(t * 1e9)``: how :func:`~resilience._core.clock.monotonic_ns`
+    reads an injected clock, and what ``time.monotonic_ns`` answers for the system's)
+    and cut to the microsecond (``// 1000``), so the hot path reads ``monotonic_ns``
+    and divides integers instead of calling ``round()``. The emission interval
     (``period / rate``) is ``period_us`` units and the tolerance ``burst * period_us``:
     all integers. ``tat`` is the theoretical arrival time: a call at ``now`` is admitted
     when ``max(tat, now) - now <= tolerance``, which moves ``tat`` one interval on.
@@ -93,6 +94,8 @@ class _Gcra:
     of ``tat`` (:meth:`take`), so no update is lost and no permit is taken twice. While
     anyone is in line, every caller takes the lock and lines up behind: the head of the
     line may take its permit with ``force`` because nobody else can take one meanwhile.
+    (A Python trace function, as a debugger sets, runs between lines and may switch
+    threads there: exactness under one is not promised.)
     """
 
     __slots__ = ("interval", "lock", "rate", "rejected", "tat", "tolerance", "waiters")
