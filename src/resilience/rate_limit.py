@@ -684,7 +684,8 @@ class RateLimiter(Strategy):
 
     async def __aenter__(self) -> RateLimiter:
         """``async with limiter:`` takes a permit before the block."""
-        await self._acquire_async(self._cm_scope)
+        if not self._take_now():  # (no second coroutine on the fast path)
+            await self._acquire_async_slow(self._cm_scope)
         return self
 
     async def __aexit__(
