@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -44,3 +46,30 @@ def server() -> Iterator[Any]:
     from tests._redis_server import start_server
 
     yield from start_server()
+
+
+@pytest.fixture
+def eager_switching() -> Iterator[None]:
+    """Threads switch as often as the interpreter allows, so that races show up."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def run_threads(n: int, target: Callable[[], object]) -> None:
+    """Run ``target()`` on ``n`` threads that start together; fail if one gets stuck."""
+    start = threading.Barrier(n)
+
+    def worker() -> None:
+        start.wait()
+        target()
+
+    threads = [threading.Thread(target=worker) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a thread is stuck"

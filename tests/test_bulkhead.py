@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import resilience
+from conftest import run_threads
 from resilience import (
     Bulkhead,
     BulkheadFullError,
@@ -27,6 +29,7 @@ from resilience import (
     TimeoutExceededError,
     deadline,
 )
+from resilience._core.telemetry import CALL_OUTCOMES, STATS, TELEMETRY
 from resilience._core.waiters import Waiter
 from resilience.bulkhead import _Permits
 from resilience.testing import CapturingListener, FakeClock
@@ -871,3 +874,208 @@ async def test_threads_and_tasks_sharing_one_bulkhead_leave_nothing_behind() -> 
         await asyncio.to_thread(t.join, 10)
     assert (b.in_flight, b.queued, b.snapshot()["rejected"]) == (0, 0, 0)
     assert 1 <= peak <= 3
+
+
+# -- the lock-free path under the GIL --------------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["lock-free", "locked"])
+def lock_free(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both drivers: lock-free (the GIL) and locked (a free-threaded build), built per test."""
+    if request.param and not resilience.bulkhead._GIL:
+        pytest.skip("the lock-free drivers need the GIL")
+    monkeypatch.setattr(resilience.bulkhead, "_GIL", request.param)
+    return bool(request.param)
+
+
+@pytest.fixture(params=[False], ids=["metrics-off"])
+def metrics(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Calls counted by the policy gate (then it hands them to its observer), or not."""
+    if request.param:
+        TELEMETRY.acquire_metrics(durations=False)
+    try:
+        yield bool(request.param)
+    finally:
+        if request.param:
+            TELEMETRY.release_metrics(durations=False)
+
+
+def test_a_permit_given_back_between_the_look_and_the_queue_is_not_missed() -> None:
+    # A caller finds every permit in use; before it queues, a call ends and gives its
+    # permit back without the lock (nobody queues yet). Joining must find that permit:
+    # parked, the caller would wait next to a free permit nobody would ever hand it.
+    p = _Permits(1, 4)
+    assert p.try_take()
+    assert not p.try_take()  # the caller looks ...
+    assert not p.waiters
+    p.in_flight -= 1  # ... a call ends (the lock-free release) ...
+    waiter = _StubWaiter(True)
+    assert p.join(waiter)  # ... and the caller joins
+    assert waiter.granted
+    assert (p.in_flight, list(p.waiters), p.rejected) == (1, [], 0)
+
+
+@pytest.mark.parametrize(
+    ("lock_free", "metrics"),
+    [(True, False), (True, True), (False, False)],
+    ids=["lock-free", "lock-free-metrics-on", "locked"],
+    indirect=True,
+)
+def test_permits_are_exact_with_threads_switching_every_microsecond(
+    eager_switching: None, lock_free: bool, metrics: bool, events: CapturingListener
+) -> None:
+    # 16 threads against one permit and no queue, switching at every chance: most calls
+    # are rejected, none runs next to another, the permit comes back, and every
+    # rejection is counted, published and (metrics on) recorded once. One permit makes
+    # an over-admission most likely to show: a single call holding it is enough.
+    name = f"exact-bulkhead-{lock_free}-{metrics}"
+    b = Bulkhead(1, name=name)
+    peak = [0]
+    totals: list[tuple[int, int, int]] = []
+
+    @b
+    def work() -> None:
+        n = b.in_flight  # a racy maximum may miss a peak, never invent one
+        if n > peak[0]:
+            peak[0] = n
+
+    def hammer() -> None:
+        ok = rejected = blocks = 0
+        for i in range(10_000):
+            try:
+                if i % 8:
+                    work()
+                else:
+                    blocks += 1
+                    with b:  # the with-block's path draws on the same permits
+                        work.__wrapped__()  # type: ignore[attr-defined]
+                ok += 1
+            except BulkheadFullError:
+                rejected += 1
+        totals.append((ok, rejected, blocks))
+
+    run_threads(16, hammer)
+    ok, rejected, blocks = (sum(t[i] for t in totals) for i in range(3))
+    assert ok + rejected == 16 * 10_000
+    assert rejected > 0
+    assert peak[0] == 1, "a call was admitted over the limit"
+    assert (b.in_flight, b.queued) == (0, 0)
+    assert b.snapshot()["rejected"] == rejected
+    assert len(events.of_type(BulkheadRejected)) == rejected
+    if metrics:  # the decorated calls: a with-block is no policy's call
+        counted = STATS.get(name, "bulkhead")
+        outcomes = {o: counted.calls(i) for i, o in enumerate(CALL_OUTCOMES)}
+        assert outcomes["success"] + outcomes["rejected"] == 16 * 10_000 - blocks
+        assert sum(outcomes.values()) == 16 * 10_000 - blocks
+
+
+def test_queued_callers_are_never_stranded_next_to_a_free_permit(
+    eager_switching: None, lock_free: bool
+) -> None:
+    # Threads and the tasks of an event loop share one permit and a queue long enough
+    # for everyone: every call runs, one at a time. Under the lock, nobody may be
+    # queued while the permit is free (a waiter parked next to a free permit would wait
+    # until some later call ends, or for ever once the others are done).
+    b = Bulkhead(1, max_queued=64)
+    p = b._permits
+    peak = [0]
+    stranded = [0]
+    done: list[int] = []
+
+    def look() -> None:
+        n = b.in_flight
+        if n > peak[0]:
+            peak[0] = n
+        with p.lock:
+            # Holding the lock nothing takes a waiter out of the queue, and a lock-free
+            # release only happens while nobody queues: the two reads agree.
+            if p.waiters and p.in_flight < p.max_concurrent:
+                stranded[0] += 1
+
+    @b
+    def work() -> None:
+        look()
+
+    @b
+    async def awork() -> None:
+        look()
+        await asyncio.sleep(0)
+
+    async def tasks() -> None:
+        async def one() -> None:
+            for _ in range(200):
+                await awork()
+                look()
+
+        await asyncio.gather(*(one() for _ in range(20)))
+
+    starts = iter(range(16))
+
+    def hammer() -> None:
+        if next(starts) == 0:
+            asyncio.run(tasks())
+            done.append(20 * 200)
+            return
+        for _ in range(2_000):
+            work()
+            look()  # right after the release, before this thread takes a permit again
+        done.append(2_000)
+
+    run_threads(16, hammer)
+    assert sum(done) == 15 * 2_000 + 20 * 200
+    assert stranded[0] == 0, "a caller was queued while a permit was free"
+    assert peak[0] == 1
+    assert (b.in_flight, b.queued) == (0, 0)
+    assert b.snapshot()["rejected"] == 0
+
+
+# -- telemetry: the policy gate fused into the bulkhead's closure ----------------------------------
+
+
+def _outcomes(policy: str) -> dict[str, int]:
+    counted = STATS.get(policy, "bulkhead")
+    return {o: counted.calls(i) for i, o in enumerate(CALL_OUTCOMES)}
+
+
+@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
+async def test_the_fused_gate_records_what_the_separate_wrapper_records(durations: bool) -> None:
+    fused, separate, afused = Bulkhead(1), Bulkhead(1), Bulkhead(1)
+    fused.name, separate.name = f"fused-bulkhead-{durations}", f"separate-bulkhead-{durations}"
+    afused.name = f"fused-async-bulkhead-{durations}"
+
+    def work(what: str) -> str:
+        if what == "fail":
+            raise OSError("down")
+        return what
+
+    async def awork(what: str) -> str:
+        return work(what)
+
+    decorated, adecorated = fused(work), afused(awork)
+    TELEMETRY.acquire_metrics(durations=durations)
+    try:
+        for what in ("ok", "fail", "full", "ok"):
+            for b, run in ((fused, decorated), (separate, lambda w: separate.call(work, w))):
+                with contextlib.ExitStack() as stack:
+                    if what == "full":
+                        stack.enter_context(b)  # the only permit is taken
+                    with contextlib.suppress(OSError, BulkheadFullError):
+                        run(what)
+            with contextlib.ExitStack() as stack:
+                if what == "full":
+                    stack.enter_context(afused)
+                with contextlib.suppress(OSError, BulkheadFullError):
+                    await adecorated(what)
+    finally:
+        TELEMETRY.release_metrics(durations=durations)
+    expected = _outcomes(separate.name)
+    assert expected["success"] == 2
+    assert expected["rejected"] == 1
+    assert sum(expected.values()) == 4
+    assert _outcomes(fused.name) == expected
+    assert _outcomes(afused.name) == expected
+    # While telemetry is off the gate counts nothing.
+    decorated("ok")
+    await adecorated("ok")
+    assert _outcomes(fused.name) == expected
+    assert _outcomes(afused.name) == expected

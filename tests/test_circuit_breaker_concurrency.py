@@ -18,15 +18,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from conftest import run_threads
 from resilience import CircuitBreaker, CircuitOpenError, CircuitState, CircuitStateChanged
 from resilience.circuit_breaker import _Machine, _Transition
 from resilience.testing import CapturingListener, FakeClock
@@ -244,32 +243,6 @@ async def test_1000_tasks_with_cancellations(clock: FakeClock, events: Capturing
     for _ in range(PROBES + 1):
         assert await work(0.9) == "ok"
     assert b.state is CircuitState.CLOSED
-
-
-@pytest.fixture
-def eager_switching() -> Iterator[None]:
-    """Threads switch as often as the interpreter allows, so that races show up."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
-def run_threads(n: int, target: Any) -> None:
-    start = threading.Barrier(n)
-
-    def worker() -> None:
-        start.wait()
-        target()
-
-    threads = [threading.Thread(target=worker) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
-        assert not t.is_alive()
 
 
 def test_closed_successes_are_counted_exactly(eager_switching: None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience
+from conftest import run_threads
 from resilience import (
     Pipeline,
     RateLimited,
@@ -23,6 +25,7 @@ from resilience import (
     Retry,
     deadline,
 )
+from resilience._core.telemetry import CALL_OUTCOMES, STATS, TELEMETRY
 from resilience._core.waiters import Waiter
 from resilience.testing import CapturingListener, FakeClock
 
@@ -716,3 +719,147 @@ async def test_many_cancelled_waiters_leave_no_trace() -> None:
     assert admitted == sorted(admitted), "first come, first served"
     assert line(limiter) == 0
     assert limiter.snapshot()["rejected"] == 0
+
+
+# -- the lock-free path under the GIL --------------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["lock-free", "locked"])
+def lock_free(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Both drivers: lock-free (the GIL) and locked (a free-threaded build), built per test."""
+    if request.param and not resilience.rate_limit._GIL:
+        pytest.skip("the lock-free drivers need the GIL")
+    monkeypatch.setattr(resilience.rate_limit, "_GIL", request.param)
+    return bool(request.param)
+
+
+def test_admissions_are_exact_with_threads_switching_every_microsecond(
+    eager_switching: None, lock_free: bool, clock: FakeClock, events: CapturingListener
+) -> None:
+    # 15 threads take permits every way there is (decorated, try_acquire, acquire, with),
+    # one more runs an event loop whose tasks take them the async ways, while the clock
+    # moves on by single intervals. A permit taken twice (a lost update of ``tat``), or
+    # a permit lost, shows in the total: every permit there was, and none more, is taken.
+    burst = 120_000
+    limiter = RateLimiter(1_000, burst=burst, clock=clock)  # one permit per 1 ms
+    advanced = 0
+    totals: list[tuple[int, int, int]] = []  # (admitted, refused, refusals published)
+
+    @limiter
+    def call() -> None:
+        return None
+
+    @limiter
+    async def acall() -> None:
+        return None
+
+    def take(i: int) -> None:
+        how = i % 8
+        if how < 5:
+            call()
+        elif how == 5:
+            limiter.acquire()
+        elif how == 6:
+            with limiter:
+                pass
+        elif not limiter.try_acquire():
+            raise LookupError  # refused, unpublished
+
+    def hammer_threads() -> None:
+        nonlocal advanced
+        admitted = refused = published = 0
+        for i in range(10_000):
+            try:
+                take(i)
+                admitted += 1
+            except RateLimitedError:
+                refused += 1
+                published += 1
+            except LookupError:
+                refused += 1
+            if i % 97 == 0:
+                with lock:  # FakeClock.advance is not meant for several threads at once
+                    clock.advance(0.001)
+                    advanced += 1
+        totals.append((admitted, refused, published))
+
+    async def hammer_tasks() -> None:
+        async def one() -> tuple[int, int]:
+            admitted = refused = 0
+            for i in range(150):
+                try:
+                    await (acall() if i % 2 else limiter.aacquire())
+                    admitted += 1
+                except RateLimitedError:
+                    refused += 1
+                await asyncio.sleep(0)
+            return admitted, refused
+
+        for admitted, refused in await asyncio.gather(*(one() for _ in range(20))):
+            totals.append((admitted, refused, refused))
+
+    lock = threading.Lock()
+    starts = iter(range(16))
+
+    def hammer() -> None:
+        if next(starts) == 0:
+            asyncio.run(hammer_tasks())
+        else:
+            hammer_threads()
+
+    run_threads(16, hammer)
+    admitted, refused, published = (sum(t[i] for t in totals) for i in range(3))
+    assert admitted + refused == 15 * 10_000 + 20 * 150
+    assert refused > 0, "the burst was never used up: nothing raced at its end"
+    # The clock is still now: what is left can be taken, one at a time, and no more.
+    left = 0
+    while limiter.try_acquire():
+        left += 1
+    assert admitted + left == 1 + burst + advanced
+    assert limiter.snapshot()["rejected"] == refused + 1
+    assert len(events.of_type(RateLimited)) == published
+
+
+# -- telemetry: the policy gate fused into the limiter's closure -----------------------------------
+
+
+def _outcomes(policy: str) -> dict[str, int]:
+    counted = STATS.get(policy, "rate_limiter")
+    return {o: counted.calls(i) for i, o in enumerate(CALL_OUTCOMES)}
+
+
+@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
+async def test_the_fused_gate_records_what_the_separate_wrapper_records(
+    clock: FakeClock, durations: bool
+) -> None:
+    # One permit each, then none: ok, a failure, a rejection.
+    fused, separate, afused = (RateLimiter(1, burst=1, clock=clock) for _ in range(3))
+    fused.name, separate.name = f"fused-limiter-{durations}", f"separate-limiter-{durations}"
+    afused.name = f"fused-async-limiter-{durations}"
+
+    def work(what: str) -> str:
+        if what == "fail":
+            raise OSError("down")
+        return what
+
+    async def awork(what: str) -> str:
+        return work(what)
+
+    decorated, adecorated = fused(work), afused(awork)
+    TELEMETRY.acquire_metrics(durations=durations)
+    try:
+        for what in ("ok", "fail", "refused"):
+            with contextlib.suppress(OSError, RateLimitedError):
+                decorated(what)
+            with contextlib.suppress(OSError, RateLimitedError):
+                separate.call(work, what)
+            with contextlib.suppress(OSError, RateLimitedError):
+                await adecorated(what)
+    finally:
+        TELEMETRY.release_metrics(durations=durations)
+    expected = _outcomes(separate.name)
+    assert expected["success"] == 1
+    assert expected["rejected"] == 1
+    assert sum(expected.values()) == 3
+    assert _outcomes(fused.name) == expected
+    assert _outcomes(afused.name) == expected

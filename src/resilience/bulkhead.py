@@ -10,12 +10,19 @@ the first waiter. The sync driver parks a thread on a ``threading.Condition``; t
 driver parks a task on a future of its running loop. Both kinds of waiter may queue on
 the same bulkhead: a permit released by a thread wakes a task through
 ``call_soon_threadsafe`` and the other way round.
+
+Under the GIL the uncontended path takes no lock: taking a free permit and giving one
+back while nobody queues are each one check and one update of ``in_flight`` with no
+thread switch possible in between, and a caller that may queue joins the queue before
+it looks for a free permit (see :meth:`_Permits.join`). Free-threaded builds take the
+lock for every decision.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -29,9 +36,13 @@ from ._core.errors import RejectedError, TimeoutExceededError
 from ._core.events import EVENTS, CallRejected, Event
 from ._core.options import to_int, to_seconds
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.telemetry import NEVER, PolicyGate, unobserved
 from ._core.waiters import TaskWaiter, ThreadWaiter, Waiter, arm_timer
 
 __all__ = ["Bulkhead", "BulkheadFullError", "BulkheadRejected", "BulkheadWaited"]
+
+# Whether the GIL serialises bytecodes (always before 3.13; 3.13t may run without it).
+_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class BulkheadFullError(RejectedError):
@@ -87,6 +98,15 @@ class _Permits:
     the waiter (if any) that the driver must wake. Invariant: waiters queue only while
     every permit is in use, because a released permit goes straight to the first waiter
     (so ``in_flight`` does not drop and a newcomer cannot jump the queue).
+
+    Under the GIL the drivers also take and give back permits *without* the lock, each
+    as one check and one update with no thread switch in between (no call, no backward
+    jump, nothing allocated that the collector tracks): ``in_flight < max_concurrent``
+    then ``in_flight += 1``; ``not waiters`` then ``in_flight -= 1``. Every locked
+    update of ``in_flight`` is such a step too, so none is ever lost; :meth:`join`
+    keeps the invariant against them. (A Python trace function, as a debugger sets,
+    runs between lines and may switch threads there: exactness under one is not
+    promised.)
     """
 
     __slots__ = ("in_flight", "lock", "max_concurrent", "max_queued", "rejected", "waiters")
@@ -97,6 +117,7 @@ class _Permits:
         self.max_queued = max_queued
         self.in_flight = 0
         self.rejected = 0
+        # Never replaced: the drivers bind it once.
         self.waiters: collections.deque[Waiter] = collections.deque()
 
     def try_take(self) -> bool:
@@ -106,11 +127,27 @@ class _Permits:
             return True
         return False
 
-    def join(self, waiter: Waiter) -> bool:
-        """Queue ``waiter``; ``False`` (and a rejection counted) when the queue is full."""
-        if len(self.waiters) < self.max_queued:
-            self.waiters.append(waiter)
+    def join(self, waiter: Waiter, *, wait: bool = True) -> bool:
+        """Queue ``waiter``, or grant it a permit that is free after all.
+
+        ``False`` (and a rejection counted) when no permit is free and the queue is full,
+        or ``wait`` is false. The waiter is queued *before* the permits are looked at: a
+        lock-free release that sees the queue empty has given its permit back by then
+        (and the look below finds it); one that comes later sees the queue and takes the
+        lock, to hand its permit to the first waiter. Looking first and queueing after
+        could park a waiter next to a free permit until some later call ends (for ever,
+        if none comes).
+        """
+        waiters = self.waiters
+        waiters.append(waiter)
+        if self.in_flight < self.max_concurrent:  # freed since the caller last looked
+            self.in_flight += 1
+            waiters.pop()  # the lock is held: ``waiter`` is still the last one
+            waiter.granted = True
             return True
+        if wait and len(waiters) <= self.max_queued:
+            return True
+        waiters.pop()
         self.rejected += 1
         return False
 
@@ -268,6 +305,10 @@ class Bulkhead(Strategy):
 
     def _release(self) -> None:
         p = self._permits
+        if _GIL and not p.waiters:
+            # Nobody queues: back to the pool without the lock (see _Permits).
+            p.in_flight -= 1
+            return
         with p.lock:
             _wake(p, p.release())
 
@@ -325,25 +366,29 @@ class Bulkhead(Strategy):
     def _join(self, waiter: Waiter, budget: float | None) -> str | None:
         """Take a permit, or queue ``waiter``; the lock is held. Answers why it was refused."""
         p = self._permits
-        if p.try_take():
-            waiter.granted = True
+        if p.join(waiter, wait=budget != 0.0):
             return None
         if budget == 0.0 and p.max_queued:
-            p.rejected += 1
             return "every permit is in use and the caller's deadline leaves no time to queue"
-        if p.join(waiter):
-            return None
         if p.max_queued:
             return f"every permit is in use and {p.max_queued} calls are already queued"
         return "every permit is in use"
 
+    def _try_take(self) -> bool:
+        """Take a free permit if there is one: no queue, no waiting."""
+        p = self._permits
+        if _GIL:
+            if p.in_flight < p.max_concurrent:  # one step under the GIL (see _Permits)
+                p.in_flight += 1
+                return True
+            return False
+        with p.lock:
+            return p.try_take()
+
     # -- sync driver ------------------------------------------------------------------------
     def _acquire_sync(self, scope: Scope) -> None:
-        p = self._permits
-        with p.lock:
-            if p.try_take():
-                return
-        self._acquire_sync_slow(scope)
+        if not self._try_take():
+            self._acquire_sync_slow(scope)
 
     def _acquire_sync_slow(self, scope: Scope) -> None:
         p = self._permits
@@ -384,40 +429,100 @@ class Bulkhead(Strategy):
             raise self._rejected(scope, waited, f"no permit freed within {waited:.3f} s")
         self._waited(scope, start)
 
+    # The drivers: under the GIL the closure takes and gives back its permit inline,
+    # without the lock (see _Permits), and only a call that finds every permit in use,
+    # or a queue to hand its permit to, goes through the methods above. As a policy's
+    # outermost strategy the closure also carries the policy's gate (see PolicyGate);
+    # further in it has no such code at all, so the fast path is written twice. A call
+    # without keyword arguments is passed on as ``fn(*args)``: ``fn(*args, **kwargs)``
+    # copies the (empty) dict on every call, in every layer of a pipeline.
     def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        return self._sync_driver(fn, scope, None)
+
+    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
+        return self._sync_driver(fn, scope, gate)
+
+    def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
+        if not _GIL:
+            return self._sync_locked(fn, scope, gate)
         p = self._permits
-        lock = p.lock
+        limit = p.max_concurrent
+        waiters = p.waiters
         slow = self._acquire_sync_slow
         finish = self._finish
+        release = self._release
 
-        def bulkhead_sync(*args: Any, **kwargs: Any) -> Any:
-            with lock:
-                free = p.in_flight < p.max_concurrent
-                if free:
+        if gate is None:
+
+            def bulkhead_sync(*args: Any, **kwargs: Any) -> Any:
+                if p.in_flight < limit:
                     p.in_flight += 1
-            if not free:
+                else:
+                    slow(scope)
+                try:
+                    result = fn(*args, **kwargs) if kwargs else fn(*args)
+                except BaseException as exc:
+                    finish(exc)
+                    raise
+                if waiters:
+                    release()  # to the first waiter, under the lock
+                else:
+                    p.in_flight -= 1
+                return result
+
+            return bulkhead_sync
+
+        switch = gate.switch
+        observed = gate.observe_sync(self._sync_driver(fn, scope, None))
+
+        def bulkhead_sync_policy(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return observed(args, kwargs)
+            if p.in_flight < limit:
+                p.in_flight += 1
+            else:
                 slow(scope)
             try:
-                result = fn(*args, **kwargs)
+                result = fn(*args, **kwargs) if kwargs else fn(*args)
             except BaseException as exc:
                 finish(exc)
                 raise
-            with lock:
-                if p.waiters:
-                    _wake(p, p.release())
-                else:
-                    p.in_flight -= 1
+            if waiters:
+                release()
+            else:
+                p.in_flight -= 1
             return result
 
-        return bulkhead_sync
+        return bulkhead_sync_policy
+
+    def _sync_locked(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
+        """The driver of a free-threaded build: every decision under the lock."""
+        acquire = self._acquire_sync
+        finish = self._finish
+        release = self._release
+        switch = NEVER if gate is None else gate.switch
+        observed = (
+            unobserved if gate is None else gate.observe_sync(self._sync_locked(fn, scope, None))
+        )
+
+        def bulkhead_sync_locked(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return observed(args, kwargs)
+            acquire(scope)
+            try:
+                result = fn(*args, **kwargs) if kwargs else fn(*args)
+            except BaseException as exc:
+                finish(exc)
+                raise
+            release()
+            return result
+
+        return bulkhead_sync_locked
 
     # -- async driver -----------------------------------------------------------------------
     async def _acquire_async(self, scope: Scope) -> None:
-        p = self._permits
-        with p.lock:
-            if p.try_take():
-                return
-        await self._acquire_async_slow(scope)
+        if not self._try_take():
+            await self._acquire_async_slow(scope)
 
     async def _acquire_async_slow(self, scope: Scope) -> None:
         p = self._permits
@@ -462,31 +567,93 @@ class Bulkhead(Strategy):
         self._waited(scope, start)
 
     def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        return self._async_driver(fn, scope, None)
+
+    def _wrap_async_policy(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
+    ) -> AsyncCallable:
+        return self._async_driver(fn, scope, gate)
+
+    def _async_driver(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None
+    ) -> AsyncCallable:
+        if not _GIL:
+            return self._async_locked(fn, scope, gate)
         p = self._permits
-        lock = p.lock
+        limit = p.max_concurrent
+        waiters = p.waiters
         slow = self._acquire_async_slow
         finish = self._finish
+        release = self._release
 
-        async def bulkhead_async(*args: Any, **kwargs: Any) -> Any:
-            with lock:
-                free = p.in_flight < p.max_concurrent
-                if free:
+        if gate is None:
+
+            async def bulkhead_async(*args: Any, **kwargs: Any) -> Any:
+                if p.in_flight < limit:
                     p.in_flight += 1
-            if not free:
+                else:
+                    await slow(scope)
+                try:
+                    result = await fn(*args, **kwargs) if kwargs else await fn(*args)
+                except BaseException as exc:
+                    finish(exc)
+                    raise
+                if waiters:
+                    release()
+                else:
+                    p.in_flight -= 1
+                return result
+
+            return bulkhead_async
+
+        switch = gate.switch
+        observed = gate.observe_async(self._async_driver(fn, scope, None))
+
+        async def bulkhead_async_policy(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return await observed(args, kwargs)
+            if p.in_flight < limit:
+                p.in_flight += 1
+            else:
                 await slow(scope)
             try:
-                result = await fn(*args, **kwargs)
+                result = await fn(*args, **kwargs) if kwargs else await fn(*args)
             except BaseException as exc:
                 finish(exc)
                 raise
-            with lock:
-                if p.waiters:
-                    _wake(p, p.release())
-                else:
-                    p.in_flight -= 1
+            if waiters:
+                release()
+            else:
+                p.in_flight -= 1
             return result
 
-        return bulkhead_async
+        return bulkhead_async_policy
+
+    def _async_locked(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None
+    ) -> AsyncCallable:
+        """The async driver of a free-threaded build: every decision under the lock."""
+        acquire = self._acquire_async
+        finish = self._finish
+        release = self._release
+        switch = NEVER if gate is None else gate.switch
+        observed = (
+            unobserved if gate is None else gate.observe_async(self._async_locked(fn, scope, None))
+        )
+
+        async def bulkhead_async_locked(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return await observed(args, kwargs)
+            await acquire(scope)
+            try:
+                result = await fn(*args, **kwargs) if kwargs else await fn(*args)
+            except BaseException as exc:
+                finish(exc)
+                raise
+            release()
+            return result
+
+        return bulkhead_async_locked
 
     # -- context managers -------------------------------------------------------------------
     def __enter__(self) -> Bulkhead:
@@ -504,7 +671,8 @@ class Bulkhead(Strategy):
 
     async def __aenter__(self) -> Bulkhead:
         """``async with bulkhead:`` holds a permit for the block."""
-        await self._acquire_async(self._cm_scope)
+        if not self._try_take():  # (no second coroutine on the fast path)
+            await self._acquire_async_slow(self._cm_scope)
         return self
 
     async def __aexit__(

@@ -15,30 +15,39 @@ Callers that wait line up first come, first served. Only the caller at the head 
 the line sleeps (until the limiter can admit it); the others park until the head has
 been admitted or has left. A waiter therefore holds nothing while it waits: when it is
 cancelled or runs out of time it simply leaves, and it never consumes a permit.
+
+Under the GIL a call that finds nobody in line is admitted without the lock: reading
+``tat``, deciding and moving it on is one step with no thread switch possible in
+between (see :class:`_Gcra`). Free-threaded builds take the lock for every decision.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar
 
-from ._core.clock import SYSTEM_CLOCK, Clock, TimerHandle
+from ._core.clock import SYSTEM_CLOCK, Clock, TimerHandle, monotonic_ns
 from ._core.deadline import DEADLINE
 from ._core.errors import RejectedError
 from ._core.events import EVENTS, CallRejected, Event
 from ._core.options import to_int, to_seconds
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.telemetry import NEVER, PolicyGate, unobserved
 from ._core.waiters import TaskWaiter, ThreadWaiter, Waiter, arm_timer
 
 __all__ = ["RateLimiter", "RateLimitedError", "RateLimited", "RateLimitWaited"]
 
 _US = 1_000_000
 """Microseconds per second: the limiter's unit of time."""
+
+# Whether the GIL serialises bytecodes (always before 3.13; 3.13t may run without it).
+_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 
 class RateLimitedError(RejectedError):
@@ -69,12 +78,24 @@ class RateLimitWaited(Event):
 class _Gcra:
     """The limiter's decision object (generic cell rate algorithm) and its line of waiters.
 
-    Time ``t`` seconds is ``round(t * 1e6) * rate`` *units*, so the emission interval
+    Time ``t`` seconds is its whole microseconds times ``rate``: ``t`` is taken to the
+    nanosecond (``round(t * 1e9)``: how :func:`~resilience._core.clock.monotonic_ns`
+    reads an injected clock, and what ``time.monotonic_ns`` answers for the system's)
+    and cut to the microsecond (``// 1000``), so the hot path reads ``monotonic_ns``
+    and divides integers instead of calling ``round()``. The emission interval
     (``period / rate``) is ``period_us`` units and the tolerance ``burst * period_us``:
     all integers. ``tat`` is the theoretical arrival time: a call at ``now`` is admitted
     when ``max(tat, now) - now <= tolerance``, which moves ``tat`` one interval on.
 
-    No I/O: every method is called with ``lock`` held.
+    No I/O: every method is called with ``lock`` held. Under the GIL the drivers also
+    admit a call without the lock when nobody is in line: ``not waiters``, the check of
+    ``tat`` and its update run with no thread switch in between (no call, no backward
+    jump, nothing allocated that the collector tracks), and so does every locked update
+    of ``tat`` (:meth:`take`), so no update is lost and no permit is taken twice. While
+    anyone is in line, every caller takes the lock and lines up behind: the head of the
+    line may take its permit with ``force`` because nobody else can take one meanwhile.
+    (A Python trace function, as a debugger sets, runs between lines and may switch
+    threads there: exactness under one is not promised.)
     """
 
     __slots__ = ("interval", "lock", "rate", "rejected", "tat", "tolerance", "waiters")
@@ -86,10 +107,12 @@ class _Gcra:
         self.tolerance = burst * period_us
         self.tat = self.units(now)
         self.rejected = 0
+        # Never replaced: the drivers bind it once.
         self.waiters: collections.deque[Waiter] = collections.deque()
 
     def units(self, now: float) -> int:
-        return round(now * _US) * self.rate
+        """``now`` (seconds) in units: what the drivers compute from nanoseconds."""
+        return round(now * 1e9) // 1000 * self.rate
 
     def seconds(self, units: int) -> float:
         """``units`` as seconds, rounded up to a whole microsecond (never short)."""
@@ -180,7 +203,16 @@ class RateLimiter(Strategy):
     """
 
     kind: ClassVar[str] = "rate_limiter"
-    __slots__ = ("_burst", "_clock", "_cm_scope", "_gcra", "_max_wait", "_period", "_rate")
+    __slots__ = (
+        "_burst",
+        "_clock",
+        "_cm_scope",
+        "_gcra",
+        "_max_wait",
+        "_now_ns",
+        "_period",
+        "_rate",
+    )
 
     def __init__(
         self,
@@ -200,6 +232,7 @@ class RateLimiter(Strategy):
         if clock is not None and not isinstance(clock, Clock):
             raise TypeError(f"clock must be a Clock, got {clock!r}")
         self._clock = clock or SYSTEM_CLOCK
+        self._now_ns = monotonic_ns(self._clock)  # what _Gcra.units() computes
         period_us = round(self._period * _US)
         self._gcra = _Gcra(self._rate, period_us, self._burst, self._clock.now())
         self._cm_scope = Scope(self.name or self.kind, self.kind)
@@ -362,14 +395,23 @@ class RateLimiter(Strategy):
             _wake(g, g.leave(waiter))
         raise self._rejected(scope, max(seconds, 1e-6), f"no permit within {now - start:.6f} s")
 
+    def _take_now(self) -> bool:
+        """Take a permit if one is free now and nobody is in line: no waiting, no count."""
+        g = self._gcra
+        now = self._now_ns() // 1000 * g.rate
+        if _GIL:
+            tat = g.tat
+            if tat - g.tolerance <= now and not g.waiters:  # one step (see _Gcra)
+                g.tat = (tat if tat > now else now) + g.interval
+                return True
+            return False
+        with g.lock:
+            return not g.waiters and g.take(now) == 0
+
     # -- sync driver ------------------------------------------------------------------------
     def _acquire_sync(self, scope: Scope) -> None:
-        g = self._gcra
-        now = self._clock.now()
-        with g.lock:
-            if not g.waiters and g.take(g.units(now)) == 0:
-                return
-        self._acquire_sync_slow(scope)
+        if not self._take_now():
+            self._acquire_sync_slow(scope)
 
     def _acquire_sync_slow(self, scope: Scope) -> None:
         g = self._gcra
@@ -417,37 +459,76 @@ class RateLimiter(Strategy):
             if timer is not None:
                 timer.cancel()
 
+    # The drivers: under the GIL the closure admits a call inline, without the lock (see
+    # _Gcra); only a call that is refused at once or must wait, or that finds callers in
+    # line, goes through the methods above. As a policy's outermost strategy the closure
+    # also carries the policy's gate (see PolicyGate); further in it has no such code at
+    # all, so the fast path is written twice. A call without keyword arguments is passed
+    # on as ``fn(*args)``: ``fn(*args, **kwargs)`` copies the (empty) dict on every call.
     def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        return self._sync_driver(fn, scope, None)
+
+    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
+        return self._sync_driver(fn, scope, gate)
+
+    def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
+        if not _GIL:
+            return self._sync_locked(fn, scope, gate)
         g = self._gcra
-        lock = g.lock
-        now = self._clock.now
+        waiters = g.waiters
+        rate, interval, tolerance = g.rate, g.interval, g.tolerance
+        now_ns = monotonic_ns(self._clock)
         slow = self._acquire_sync_slow
-        rate = g.rate
 
-        def rate_limited_sync(*args: Any, **kwargs: Any) -> Any:
-            t = round(now() * _US) * rate
-            with lock:
-                if g.waiters:
-                    ok = False
+        if gate is None:
+
+            def rate_limited_sync(*args: Any, **kwargs: Any) -> Any:
+                t = now_ns() // 1000 * rate
+                tat = g.tat
+                if tat - tolerance <= t and not waiters:
+                    g.tat = (tat if tat > t else t) + interval
                 else:
-                    tat = g.tat if g.tat > t else t
-                    ok = tat - g.tolerance <= t
-                    if ok:
-                        g.tat = tat + g.interval
-            if not ok:
-                slow(scope)
-            return fn(*args, **kwargs)
+                    slow(scope)
+                return fn(*args, **kwargs) if kwargs else fn(*args)
 
-        return rate_limited_sync
+            return rate_limited_sync
+
+        switch = gate.switch
+        observed = gate.observe_sync(self._sync_driver(fn, scope, None))
+
+        def rate_limited_sync_policy(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return observed(args, kwargs)
+            t = now_ns() // 1000 * rate
+            tat = g.tat
+            if tat - tolerance <= t and not waiters:
+                g.tat = (tat if tat > t else t) + interval
+            else:
+                slow(scope)
+            return fn(*args, **kwargs) if kwargs else fn(*args)
+
+        return rate_limited_sync_policy
+
+    def _sync_locked(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
+        """The driver of a free-threaded build: every decision under the lock."""
+        acquire = self._acquire_sync
+        switch = NEVER if gate is None else gate.switch
+        observed = (
+            unobserved if gate is None else gate.observe_sync(self._sync_locked(fn, scope, None))
+        )
+
+        def rate_limited_sync_locked(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return observed(args, kwargs)
+            acquire(scope)
+            return fn(*args, **kwargs) if kwargs else fn(*args)
+
+        return rate_limited_sync_locked
 
     # -- async driver -----------------------------------------------------------------------
     async def _acquire_async(self, scope: Scope) -> None:
-        g = self._gcra
-        now = self._clock.now()
-        with g.lock:
-            if not g.waiters and g.take(g.units(now)) == 0:
-                return
-        await self._acquire_async_slow(scope)
+        if not self._take_now():
+            await self._acquire_async_slow(scope)
 
     async def _acquire_async_slow(self, scope: Scope) -> None:
         g = self._gcra
@@ -496,35 +577,86 @@ class RateLimiter(Strategy):
                 timer.cancel()
 
     def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        return self._async_driver(fn, scope, None)
+
+    def _wrap_async_policy(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
+    ) -> AsyncCallable:
+        return self._async_driver(fn, scope, gate)
+
+    def _async_driver(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None
+    ) -> AsyncCallable:
+        if not _GIL:
+            return self._async_locked(fn, scope, gate)
         g = self._gcra
-        lock = g.lock
-        now = self._clock.now
+        waiters = g.waiters
+        rate, interval, tolerance = g.rate, g.interval, g.tolerance
+        now_ns = monotonic_ns(self._clock)
         slow = self._acquire_async_slow
-        rate = g.rate
 
-        async def rate_limited_async(*args: Any, **kwargs: Any) -> Any:
-            t = round(now() * _US) * rate
-            with lock:
-                if g.waiters:
-                    ok = False
+        if gate is None:
+
+            async def rate_limited_async(*args: Any, **kwargs: Any) -> Any:
+                t = now_ns() // 1000 * rate
+                tat = g.tat
+                if tat - tolerance <= t and not waiters:
+                    g.tat = (tat if tat > t else t) + interval
                 else:
-                    tat = g.tat if g.tat > t else t
-                    ok = tat - g.tolerance <= t
-                    if ok:
-                        g.tat = tat + g.interval
-            if not ok:
-                await slow(scope)
-            return await fn(*args, **kwargs)
+                    await slow(scope)
+                return await fn(*args, **kwargs) if kwargs else await fn(*args)
 
-        return rate_limited_async
+            return rate_limited_async
+
+        switch = gate.switch
+        observed = gate.observe_async(self._async_driver(fn, scope, None))
+
+        async def rate_limited_async_policy(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return await observed(args, kwargs)
+            t = now_ns() // 1000 * rate
+            tat = g.tat
+            if tat - tolerance <= t and not waiters:
+                g.tat = (tat if tat > t else t) + interval
+            else:
+                await slow(scope)
+            return await fn(*args, **kwargs) if kwargs else await fn(*args)
+
+        return rate_limited_async_policy
+
+    def _async_locked(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None
+    ) -> AsyncCallable:
+        """The async driver of a free-threaded build: every decision under the lock."""
+        acquire = self._acquire_async
+        switch = NEVER if gate is None else gate.switch
+        observed = (
+            unobserved if gate is None else gate.observe_async(self._async_locked(fn, scope, None))
+        )
+
+        async def rate_limited_async_locked(*args: Any, **kwargs: Any) -> Any:
+            if switch.mode:
+                return await observed(args, kwargs)
+            await acquire(scope)
+            return await fn(*args, **kwargs) if kwargs else await fn(*args)
+
+        return rate_limited_async_locked
 
     # -- direct use ---------------------------------------------------------------------------
     def try_acquire(self) -> bool:
         """Take a permit if one is available now; never waits, raises nothing."""
+        # _take_now() inlined: this is a hot path of its own.
         g = self._gcra
-        now = self._clock.now()
+        now = self._now_ns() // 1000 * g.rate
+        if _GIL:
+            tat = g.tat
+            if tat - g.tolerance <= now and not g.waiters:  # one step (see _Gcra)
+                g.tat = (tat if tat > now else now) + g.interval
+                return True
+            g.rejected += 1  # one step too
+            return False
         with g.lock:
-            if not g.waiters and g.take(g.units(now)) == 0:
+            if not g.waiters and g.take(now) == 0:
                 return True
             g.rejected += 1
             return False
@@ -552,7 +684,8 @@ class RateLimiter(Strategy):
 
     async def __aenter__(self) -> RateLimiter:
         """``async with limiter:`` takes a permit before the block."""
-        await self._acquire_async(self._cm_scope)
+        if not self._take_now():  # (no second coroutine on the fast path)
+            await self._acquire_async_slow(self._cm_scope)
         return self
 
     async def __aexit__(

@@ -31,7 +31,8 @@ from redis.retry import Retry
 from ._core.clock import Clock
 from ._core.events import EVENTS
 from ._core.options import to_int, to_seconds
-from ._core.strategy import AnyCallable, AsyncCallable, Scope
+from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.telemetry import PolicyGate
 from ._redis_breaker import RedisCircuitBreaker
 from ._redis_link import SharedStateLost, SharedStateRestored, _Link, _report_lost, _report_restored
 from .rate_limit import _US, RateLimited, RateLimitedError, RateLimiter
@@ -406,6 +407,11 @@ class RedisRateLimiter(RateLimiter):
 
         return redis_rate_limited_sync
 
+    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
+        # Its own closure (a round trip per call) in the separate policy wrapper, not the
+        # local limiter's closure with the gate fused in.
+        return Strategy._wrap_sync_policy(self, fn, scope, gate)
+
     # -- async driver -----------------------------------------------------------------------
     async def _acquire_async(self, scope: Scope) -> None:
         clock = self._clock
@@ -439,6 +445,11 @@ class RedisRateLimiter(RateLimiter):
             return await fn(*args, **kwargs)
 
         return redis_rate_limited_async
+
+    def _wrap_async_policy(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
+    ) -> AsyncCallable:
+        return Strategy._wrap_async_policy(self, fn, scope, gate)
 
     # -- direct use ---------------------------------------------------------------------------
     def try_acquire(self) -> bool:
