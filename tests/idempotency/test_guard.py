@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import decimal
 import threading
 import time
 from typing import Any
@@ -31,6 +33,7 @@ from resilience.idempotency import (
     canonical,
     fingerprint_of,
 )
+from resilience.idempotency._guard import store_key
 from resilience.testing import CapturingListener, FakeClock
 
 
@@ -476,6 +479,27 @@ def test_canonical_forms() -> None:
     assert fingerprint_of({"a": 1, "b": 2}) == fingerprint_of({"b": 2, "a": 1})
     assert fingerprint_of(1) != fingerprint_of("1") != fingerprint_of(True)
     assert len(fingerprint_of("x")) == 64
+
+
+def test_fingerprints_and_store_keys_do_not_change_between_versions() -> None:
+    # Stored records carry these hashes: if they moved, an upgrade would answer every
+    # retry of a request made before it with a key mismatch, or miss its record.
+    assert (
+        fingerprint_of({"amount": 1, "currency": "EUR"})
+        == "688ebbbd4aecd07236a865198b2a1c388fe03f5d3097a748dba2cdae563dacef"
+    )
+    mixed = fingerprint_of(
+        [1, 2.5, None, True, "\u00e9"],
+        {"tags": {"b", "a"}, "when": datetime.date(2024, 1, 2)},
+        (b"\x00", decimal.Decimal("1.10"), float("inf"), {1: "x"}),
+    )
+    assert mixed == "ab7718e07e935558af15a3d4b8b1e662e433fe9319acce2439cbeea2cb922162"
+    assert store_key("shop", None, "k-1") == (
+        "shop:117af7f341d43b6291c21e5339866d5bd444158ce8a0d9a7f7f883755f9cbdf3"
+    )
+    assert store_key("shop", "tenant", "k-1") == (
+        "shop:478547bb5e14e8bd1feda7acce0b3345a5931a57bacc503252aeb0ce2e3896cc"
+    )
 
 
 # -- keys and scopes -----------------------------------------------------------------------
