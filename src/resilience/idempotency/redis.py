@@ -93,16 +93,17 @@ class _Batcher:
 
     def __init__(self, client: Any) -> None:
         self._client = client
-        self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[bytes, tuple[bytes, ...], asyncio.Future[Any]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
-    async def run(self, key: str, args: tuple[Any, ...]) -> Any:
+    def submit(self, key: bytes, args: tuple[bytes, ...]) -> asyncio.Future[Any]:
+        """Queue one operation; the future gets its reply (or the batch's error)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending.append((key, args, future))
         if self._drainer is None:
             self._drainer = loop.create_task(self._drain())
-        return await future
+        return future
 
     async def _drain(self) -> None:
         try:
@@ -114,7 +115,9 @@ class _Batcher:
         finally:
             self._drainer = None
 
-    async def _send(self, batch: list[tuple[str, tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+    async def _send(
+        self, batch: list[tuple[bytes, tuple[bytes, ...], asyncio.Future[Any]]]
+    ) -> None:
         try:
             keys = [key for key, _, _ in batch]
             argv = [arg for _, args, _ in batch for arg in args]
@@ -142,8 +145,10 @@ class _Batcher:
                 raise
 
 
-def _ms(seconds: float) -> int:
-    return max(1, int(seconds * 1000))
+# Every argument goes to redis-py as bytes already: packing thousands of arguments per
+# round trip, its encoder would otherwise convert each one again.
+def _ms(seconds: float) -> bytes:
+    return b"%d" % max(1, int(seconds * 1000))
 
 
 def _owner(token: str) -> bytes:
@@ -163,9 +168,9 @@ def _answer(reply: Any) -> ClaimResult:
         raise IdempotencyStoreError(
             "Redis returned text, not bytes: build the client with decode_responses=False"
         )
-    kind, head, rest = value[:1], *value[1:].partition(b"\n")[::2]
-    if kind == b"C":
-        return Completed(head.decode(), rest)
+    head, _, rest = value.partition(b"\n")
+    if value[:1] == b"C":
+        return Completed(head[1:].decode(), rest)
     return InFlight(rest.decode(), max(0, int(pttl)) / 1000.0)
 
 
@@ -194,7 +199,7 @@ class RedisStore:
     by :meth:`close` / :meth:`aclose`.
     """
 
-    __slots__ = ("_batcher", "_client", "_is_async", "_owned", "prefix")
+    __slots__ = ("_batcher", "_client", "_encoding", "_is_async", "_owned", "prefix")
 
     def __init__(self, client: Any, *, prefix: str = "resilience:idempotency:") -> None:
         if isinstance(client, redis.asyncio.Redis):
@@ -211,6 +216,8 @@ class RedisStore:
         if not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str, got {prefix!r}")
         self.prefix = prefix
+        # Keys are encoded as the client would encode them.
+        self._encoding = (kwargs.get("encoding", "utf-8"), kwargs.get("encoding_errors", "strict"))
         self._client = client
         self._owned = False
         self._batcher = _Batcher(client) if self._is_async else None
@@ -237,65 +244,63 @@ class RedisStore:
         kind = "asyncio" if self._is_async else "sync"
         return f"RedisStore({kind}, prefix={self.prefix!r})"
 
-    def _run(self, name: str, key: str, args: tuple[Any, ...]) -> Any:
+    def _run(self, name: bytes, key: str, args: tuple[bytes, ...]) -> Any:
         """One operation, one script run; its own reply (or error object)."""
         if self._is_async:
-            raise TypeError(f"{self!r} was built on an asyncio client: use a{name}()")
+            raise TypeError(f"{self!r} was built on an asyncio client: use a{name.decode()}()")
         client = self._client
+        rkey = (self.prefix + key).encode(*self._encoding)
         try:
             try:
-                replies = client.execute_command("EVALSHA", _SHA, 1, self.prefix + key, *args)
+                replies = client.execute_command("EVALSHA", _SHA, 1, rkey, name, *args)
             except NoScriptError:
                 client.script_load(_SCRIPT)
-                replies = client.execute_command("EVALSHA", _SHA, 1, self.prefix + key, *args)
+                replies = client.execute_command("EVALSHA", _SHA, 1, rkey, name, *args)
         except redis.RedisError as exc:
-            raise IdempotencyStoreError(f"Redis {name} failed: {exc}") from exc
+            raise IdempotencyStoreError(f"Redis {name.decode()} failed: {exc}") from exc
         return replies[0]
 
-    async def _arun(self, name: str, key: str, args: tuple[Any, ...]) -> Any:
+    async def _arun(self, name: bytes, key: str, args: tuple[bytes, ...]) -> Any:
         batcher = self._batcher
         if batcher is None:
             return await asyncio.to_thread(self._run, name, key, args)
         try:
-            return await batcher.run(self.prefix + key, args)
+            return await batcher.submit((self.prefix + key).encode(*self._encoding), (name, *args))
         except redis.RedisError as exc:
-            raise IdempotencyStoreError(f"Redis {name} failed: {exc}") from exc
+            raise IdempotencyStoreError(f"Redis {name.decode()} failed: {exc}") from exc
 
     # -- sync ------------------------------------------------------------------------------
     def claim(self, key: str, fingerprint: str, token: str, lease: float) -> ClaimResult:
         value = b"I" + token.encode() + b"\n" + fingerprint.encode()
-        return _answer(self._run("claim", key, ("claim", value, _ms(lease))))
+        return _answer(self._run(b"claim", key, (value, _ms(lease))))
 
     def complete(self, key: str, fingerprint: str, token: str, payload: bytes, ttl: float) -> bool:
         value = b"C" + fingerprint.encode() + b"\n" + payload
-        args = ("complete", _owner(token), value, _ms(ttl))
-        return _done("complete", self._run("complete", key, args))
+        return _done("complete", self._run(b"complete", key, (_owner(token), value, _ms(ttl))))
 
     def release(self, key: str, token: str) -> bool:
-        return _done("release", self._run("release", key, ("release", _owner(token))))
+        return _done("release", self._run(b"release", key, (_owner(token),)))
 
     def renew(self, key: str, token: str, lease: float) -> bool:
-        args = ("renew", _owner(token), _ms(lease))
-        return _done("renew", self._run("renew", key, args))
+        return _done("renew", self._run(b"renew", key, (_owner(token), _ms(lease))))
 
     # -- async -----------------------------------------------------------------------------
     async def aclaim(self, key: str, fingerprint: str, token: str, lease: float) -> ClaimResult:
         value = b"I" + token.encode() + b"\n" + fingerprint.encode()
-        return _answer(await self._arun("claim", key, ("claim", value, _ms(lease))))
+        return _answer(await self._arun(b"claim", key, (value, _ms(lease))))
 
     async def acomplete(
         self, key: str, fingerprint: str, token: str, payload: bytes, ttl: float
     ) -> bool:
         value = b"C" + fingerprint.encode() + b"\n" + payload
-        args = ("complete", _owner(token), value, _ms(ttl))
-        return _done("complete", await self._arun("complete", key, args))
+        args = (_owner(token), value, _ms(ttl))
+        return _done("complete", await self._arun(b"complete", key, args))
 
     async def arelease(self, key: str, token: str) -> bool:
-        return _done("release", await self._arun("release", key, ("release", _owner(token))))
+        return _done("release", await self._arun(b"release", key, (_owner(token),)))
 
     async def arenew(self, key: str, token: str, lease: float) -> bool:
-        args = ("renew", _owner(token), _ms(lease))
-        return _done("renew", await self._arun("renew", key, args))
+        return _done("renew", await self._arun(b"renew", key, (_owner(token), _ms(lease))))
 
     def close(self) -> None:
         """Close the client if this store made it (:meth:`from_url`)."""
