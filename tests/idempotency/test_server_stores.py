@@ -204,15 +204,22 @@ async def test_redis_async_concurrent_calls_share_script_runs(redis_prefix: str)
         await client.aclose()
 
 
+@pytest.mark.parametrize("protocol", [2, 3])
 @pytest.mark.parametrize("mode", ["sync", "async"])
 async def test_redis_a_failing_key_fails_only_its_own_operation(
-    redis_prefix: str, mode: str
+    redis_prefix: str, mode: str, protocol: int
 ) -> None:
+    import redis
+    import redis.asyncio
+
     from resilience.idempotency import IdempotencyStoreError, RedisStore
 
     client = redis_client()
     client.rpush(redis_prefix + "list", "not a record")  # WRONGTYPE for GET
-    store = RedisStore.from_url(REDIS_URL, async_client=mode == "async", prefix=redis_prefix)
+    # Errors nested in the script's reply array, under both protocols.
+    module: Any = redis.asyncio if mode == "async" else redis
+    own = module.Redis.from_url(REDIS_URL, protocol=protocol)
+    store = RedisStore(own, prefix=redis_prefix)
     try:
         if mode == "sync":
             with pytest.raises(IdempotencyStoreError, match="WRONGTYPE"):
@@ -235,7 +242,10 @@ async def test_redis_a_failing_key_fails_only_its_own_operation(
             assert isinstance(await store.aclaim("a", "fp", "t4", 30), InFlight)
         assert client.lrange(redis_prefix + "list", 0, -1) == [b"not a record"]
     finally:
-        await close_redis(store)
+        if mode == "async":
+            await own.aclose()
+        else:
+            own.close()
         client.close()
 
 
