@@ -6,9 +6,11 @@ For each store, two numbers, in one thread:
 - *replays/s*: calls with a key already completed: claim answered by the stored outcome,
   decoded and returned without running.
 
-The sync stores run in one thread; the asyncio Redis store runs 64 concurrent tasks on one
-client (its scripts are pipelined into shared round trips). Servers that are not running
-are skipped. ``RESILIENCE_BENCH_QUICK=1`` runs tiny counts (a smoke test).
+The sync stores run in one thread, the sync Redis store also in 8 threads (a connection
+each); the asyncio Redis store runs 64 concurrent tasks on one client (their operations
+share script runs, one per round trip). The heading says whether redis-py parses replies
+with hiredis. Servers that are not running are skipped. ``RESILIENCE_BENCH_QUICK=1`` runs
+tiny counts (a smoke test).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ QUICK = os.environ.get("RESILIENCE_BENCH_QUICK") == "1"
 CALLS = 50 if QUICK else 20_000
 REPLAYS = 50 if QUICK else 40_000
 TASKS = 64
+THREADS = 8
 REDIS_URL = "redis://127.0.0.1:6379/0"
 PG_CONNINFO = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
 
@@ -40,16 +44,32 @@ def per_second(n: int, fn: Callable[[int], Any]) -> float:
     return n / (time.perf_counter() - start)
 
 
-def measure(store: Any) -> tuple[float, float]:
+def threaded_per_second(n: int, threads: int, fn: Callable[[int], Any]) -> float:
+    """Calls per second of ``fn(0 .. n-1)`` spread over ``threads`` threads."""
+
+    def share(t: int) -> None:
+        for i in range(t, n, threads):
+            fn(i)
+
+    with ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        list(pool.map(share, range(threads)))
+        return n / (time.perf_counter() - start)
+
+
+def measure(store: Any, threads: int = 1) -> tuple[float, float]:
     run = uuid.uuid4().hex[:8]
 
     @Idempotency(store=store, key="key", namespace=f"bench-{run}")
     def charge(key: str, amount: int) -> dict[str, int]:
         return {"amount": amount}
 
-    per_second(min(200, CALLS), lambda i: charge(f"warm-{i}", 1))
-    guarded = per_second(CALLS, lambda i: charge(f"k-{i}", 1))
-    replays = per_second(REPLAYS, lambda i: charge("k-0", 1))
+    def rate(n: int, fn: Callable[[int], Any]) -> float:
+        return per_second(n, fn) if threads == 1 else threaded_per_second(n, threads, fn)
+
+    rate(min(200, CALLS), lambda i: charge(f"warm-{i}", 1))
+    guarded = rate(CALLS, lambda i: charge(f"k-{i}", 1))
+    replays = rate(REPLAYS, lambda i: charge("k-0", 1))
     return guarded, replays
 
 
@@ -78,7 +98,7 @@ async def ameasure(store: Any, tasks: int) -> tuple[float, float]:
     return guarded, replays
 
 
-def stores(tmp: Path) -> list[tuple[str, Callable[[], Any], Callable[[Any], None]]]:
+def stores(tmp: Path) -> list[tuple[str, int, Callable[[], Any], Callable[[Any], None]]]:
     def redis_store() -> Any:
         from resilience.idempotency import RedisStore
 
@@ -110,27 +130,34 @@ def stores(tmp: Path) -> list[tuple[str, Callable[[], Any], Callable[[Any], None
         store.close()
 
     return [
-        ("memory", MemoryStore, lambda s: None),
-        ("sqlite (WAL, file)", lambda: SQLiteStore(tmp / "bench.sqlite3"), lambda s: s.close()),
-        ("redis (sync client)", redis_store, redis_done),
-        ("postgres (sync, autocommit)", pg_store, pg_done),
+        ("memory", 1, MemoryStore, lambda s: None),
+        ("sqlite (WAL, file)", 1, lambda: SQLiteStore(tmp / "bench.sqlite3"), lambda s: s.close()),
+        ("redis (sync client)", 1, redis_store, redis_done),
+        (f"redis (sync, {THREADS} threads)", THREADS, redis_store, redis_done),
+        ("postgres (sync, autocommit)", 1, pg_store, pg_done),
     ]
 
 
 def main() -> None:
     quick = " (quick)" if QUICK else ""
-    print(f"\n## Idempotency guard on loopback, sync stores in one thread{quick}\n")
+    try:
+        import hiredis  # noqa: F401  (redis-py parses replies with it when it imports)
+
+        parser = "hiredis"
+    except ImportError:
+        parser = "pure Python"
+    print(f"\n## Idempotency guard on loopback; redis-py parses with {parser}{quick}\n")
     print(f"| {'store':<28} | {'guarded calls/s':>16} | {'replays/s':>10} |")
     print(f"|{'-' * 30}|{'-' * 17}:|{'-' * 11}:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for name, make, done in stores(Path(tmp)):
+        for name, threads, make, done in stores(Path(tmp)):
             try:
                 store = make()
             except Exception as exc:
                 print(f"| {name:<28} | {'skipped: ' + type(exc).__name__:>29} |")
                 continue
             try:
-                guarded, replays = measure(store)
+                guarded, replays = measure(store, threads)
             finally:
                 done(store)
             print(f"| {name:<28} | {guarded:>16,.0f} | {replays:>10,.0f} |")

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import decimal
+import hashlib
+import json
 import threading
 import time
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from resilience import Classifier, Outcome, Pipeline, Retry
 from resilience.idempotency import (
@@ -31,6 +37,7 @@ from resilience.idempotency import (
     canonical,
     fingerprint_of,
 )
+from resilience.idempotency._guard import store_key
 from resilience.testing import CapturingListener, FakeClock
 
 
@@ -117,6 +124,27 @@ def test_optional_json_codecs(module: str, store: MemoryStore, clock: FakeClock)
         return {"a": [1, 2.5, "x", None]}
 
     assert f("k") == f("k") == {"a": [1, 2.5, "x", None]}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"v":1,"result":"\xc3\xa9"}',  # what JsonCodec writes: UTF-8
+        '{"v":1,"result":"\u00e9"}'.encode("utf-16"),
+        b'\xef\xbb\xbf{"v":1,"result":"\xc3\xa9"}',  # UTF-8 with a BOM
+    ],
+)
+def test_json_codec_reads_every_encoding_json_loads_reads(data: bytes) -> None:
+    from resilience.idempotency import JsonCodec
+
+    assert JsonCodec().decode(data) == json.loads(data) == {"v": 1, "result": "\u00e9"}
+
+
+def test_json_codec_still_rejects_what_is_not_json() -> None:
+    from resilience.idempotency import JsonCodec
+
+    with pytest.raises(ValueError, match="Expecting"):
+        JsonCodec().decode(b'{"v":')
 
 
 # -- failures ------------------------------------------------------------------------------
@@ -476,6 +504,66 @@ def test_canonical_forms() -> None:
     assert fingerprint_of({"a": 1, "b": 2}) == fingerprint_of({"b": 2, "a": 1})
     assert fingerprint_of(1) != fingerprint_of("1") != fingerprint_of(True)
     assert len(fingerprint_of("x")) == 64
+
+
+def test_fingerprints_and_store_keys_do_not_change_between_versions() -> None:
+    # Stored records carry these hashes: if they moved, an upgrade would answer every
+    # retry of a request made before it with a key mismatch, or miss its record.
+    assert (
+        fingerprint_of({"amount": 1, "currency": "EUR"})
+        == "688ebbbd4aecd07236a865198b2a1c388fe03f5d3097a748dba2cdae563dacef"
+    )
+    mixed = fingerprint_of(
+        [1, 2.5, None, True, "\u00e9"],
+        {"tags": {"b", "a"}, "when": datetime.date(2024, 1, 2)},
+        (b"\x00", decimal.Decimal("1.10"), float("inf"), {1: "x"}),
+    )
+    assert mixed == "ab7718e07e935558af15a3d4b8b1e662e433fe9319acce2439cbeea2cb922162"
+    assert store_key("shop", None, "k-1") == (
+        "shop:117af7f341d43b6291c21e5339866d5bd444158ce8a0d9a7f7f883755f9cbdf3"
+    )
+    assert store_key("shop", "tenant", "k-1") == (
+        "shop:478547bb5e14e8bd1feda7acce0b3345a5931a57bacc503252aeb0ce2e3896cc"
+    )
+
+
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text()
+    | st.binary(max_size=8)
+    | st.dates(),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=4), inner, max_size=4)
+        | st.dictionaries(st.integers(), inner, max_size=3)
+        | st.frozensets(st.integers() | st.text(max_size=3), max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_json_values, max_size=3))
+def test_fingerprint_is_the_sha256_of_the_sorted_compact_json_of_the_canonical_form(
+    parts: list[Any],
+) -> None:
+    # The reference definition: what every stored fingerprint was computed with.
+    reference = json.dumps(canonical(list(parts)), sort_keys=True, separators=(",", ":"))
+    assert fingerprint_of(*parts) == hashlib.sha256(reference.encode()).hexdigest()
+
+
+def test_canonical_json_without_the_c_encoder_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resilience.idempotency._guard import _canonical_json
+
+    value = [{"b": [1, 2.5, None, True, "\u00e9"], "a": {"$set": ["x"]}}]
+    expected = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    assert _canonical_json()(value) == expected
+    monkeypatch.setattr(json.encoder, "c_make_encoder", None)
+    assert _canonical_json()(value) == expected
 
 
 # -- keys and scopes -----------------------------------------------------------------------

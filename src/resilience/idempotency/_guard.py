@@ -23,6 +23,7 @@ import math
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -101,6 +102,10 @@ def _sort_key(item: Any) -> str:
     return json.dumps(item, sort_keys=True, ensure_ascii=True)
 
 
+# Types that are their own canonical form (exact types: subclasses take the long way).
+_PLAIN: Final = frozenset((str, int, bool, type(None)))
+
+
 def canonical(value: Any) -> Any:
     """``value`` as plain JSON data that is equal exactly when the values are equal.
 
@@ -109,10 +114,23 @@ def canonical(value: Any) -> Any:
     ``TypeError``.
     """
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
+    if kind in _PLAIN:
         return value
-    if kind is dict and all(type(k) is str for k in value):
-        return {k: canonical(v) for k, v in value.items()}
+    # The common shapes first, without a call per plain item.
+    if kind is dict:
+        out = {}
+        for k, v in value.items():
+            if type(k) is not str:
+                break
+            out[k] = v if type(v) in _PLAIN else canonical(v)
+        else:
+            return out
+    elif kind is list:
+        return [v if type(v) in _PLAIN else canonical(v) for v in value]
+    return _canonical_other(value)
+
+
+def _canonical_other(value: Any) -> Any:
     if isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -146,12 +164,51 @@ def canonical(value: Any) -> Any:
     )
 
 
+def _canonical_json() -> Callable[[Any], str]:
+    """``json.dumps(value, sort_keys=True, separators=(",", ":"))``, built once.
+
+    ``json.dumps`` with options builds a new encoder on every call, which costs more
+    than the encoding of a few arguments itself; the C encoder, made once, does not.
+    Canonical data is a fresh tree (no cycles to look for). Should the C encoder be
+    missing or answer differently, the pure-Python encoder serves.
+    """
+    encoder = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+    make: Any = getattr(json.encoder, "c_make_encoder", None)
+    if make is None:
+        return encoder.encode
+    try:
+        iterencode = make(
+            None,
+            encoder.default,
+            json.encoder.encode_basestring_ascii,
+            None,
+            ":",
+            ",",
+            True,
+            False,
+            True,
+        )
+
+        def dump(value: Any) -> str:
+            return "".join(iterencode(value, 0))
+
+        sample = [{"b": [1, 2.5, None, True, "\u00e9\n"], "a": {"$map": []}}, -0.0, 10**20]
+        if dump(sample) == encoder.encode(sample):
+            return dump
+    except Exception:  # another signature: keep the portable encoder
+        pass
+    return encoder.encode
+
+
+_dump_canonical: Final = _canonical_json()
+
+
 def fingerprint_of(*parts: Any) -> str:
     """The SHA-256 (hex) of the canonical JSON of ``parts``: what the guard compares.
 
     Only this hash is stored, never the arguments or body themselves.
     """
-    data = json.dumps(canonical(list(parts)), sort_keys=True, separators=(",", ":"))
+    data = _dump_canonical([canonical(part) for part in parts])
     return hashlib.sha256(data.encode()).hexdigest()
 
 

@@ -48,6 +48,9 @@ class Codec(Protocol):
         ...
 
 
+_decode_json = json.JSONDecoder().decode
+
+
 class JsonCodec:
     """JSON with the standard library (the default)."""
 
@@ -60,7 +63,12 @@ class JsonCodec:
         ).encode()
 
     def decode(self, data: bytes) -> Any:
-        return json.loads(data)
+        # What encode wrote is UTF-8: decoding it directly skips json.loads's guessing
+        # of the encoding (UTF-16, UTF-32, a BOM), which is left for anything else.
+        try:
+            return _decode_json(data.decode())
+        except ValueError:
+            return json.loads(data)
 
     def __repr__(self) -> str:
         return "JsonCodec()"
