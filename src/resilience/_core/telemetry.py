@@ -316,9 +316,12 @@ def error_type(error: BaseException) -> str:
 # -- what the wrapper learns about its policy at decoration time --------------------------------
 def _find(strategy: Strategy, names: tuple[str, ...], kind: type[Any], skip: object = None) -> Any:
     """The first attribute of type ``kind`` (and not ``skip``) on the strategy, or on a
-    pipeline's members, outermost first."""
+    pipeline's members, outermost first. A dotted name reads through an attribute
+    (``options.classifier``)."""
     for attr in names:
-        value = getattr(strategy, attr, None)
+        value: Any = strategy
+        for part in attr.split("."):
+            value = getattr(value, part, None)
         if isinstance(value, kind) and value is not skip:
             return value
     for inner in getattr(strategy, "strategies", ()):
@@ -474,7 +477,8 @@ class PolicyGate:
         self.scope = scope
         self._stats: PolicyStats | None = None
         classifier: Classifier = (
-            _find(strategy, ("classifier", "_classifier"), Classifier) or DEFAULT_CLASSIFIER
+            _find(strategy, ("classifier", "_classifier", "options.classifier"), Classifier)
+            or DEFAULT_CLASSIFIER
         )
         self.classifier = classifier
         self.by_result = classifier.result is not None
