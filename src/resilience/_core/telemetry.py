@@ -98,26 +98,21 @@ class CallObserver(Protocol):
         ...
 
 
-class _Switch:
-    """A mode word that closures read once per call."""
-
-    __slots__ = ("mode",)
-
-    def __init__(self) -> None:
-        self.mode = 0
-
-
-class _Telemetry(_Switch):
+class _Telemetry:
     """The process-wide switches every policy wrapper reads.
 
     ``mode`` is a bit set of ``COUNT``, ``TIME`` and ``TRACING``; ``0`` is the fast path.
     ``follower``, if given, is kept at ``mode | TRACING`` while ``mode`` is nonzero.
+
+    Every switch a closure reads (:data:`TELEMETRY`, :data:`OBSERVED`, :data:`NEVER`) is
+    of this one class: a closure body shared by several closures reads ``mode`` at one
+    site, which the interpreter specialises for one class only.
     """
 
-    __slots__ = ("_counters", "_follower", "_lock", "_timers", "observer")
+    __slots__ = ("_counters", "_follower", "_lock", "_timers", "mode", "observer")
 
-    def __init__(self, follower: _Switch | None = None) -> None:
-        super().__init__()
+    def __init__(self, follower: _Telemetry | None = None) -> None:
+        self.mode = 0
         self.observer: CallObserver | None = None
         self._counters = 0
         self._timers = 0
@@ -156,7 +151,7 @@ class _Telemetry(_Switch):
             self._update()
 
 
-OBSERVED: Final = _Switch()
+OBSERVED: Final = _Telemetry()
 """The switch of a fused closure whose calls all go through its observer (a policy with
 a result classifier, whose outcome the closure cannot tell): nonzero exactly while
 :data:`TELEMETRY` is, and then never ``COUNT`` or ``COUNT_TIME``."""
@@ -385,7 +380,7 @@ def decorate(
     return wrapper
 
 
-NEVER: Final = _Switch()
+NEVER: Final = _Telemetry()
 """A switch that is never turned on: what every closure that is not a policy's outermost
 one reads, so that one closure body serves both."""
 
@@ -490,7 +485,7 @@ class PolicyGate:
         self.now_ns = monotonic_ns(self.clock)
         # A result classifier decides outcomes from returned values, which the fused
         # closures do not look at: every call of such a policy goes to ``observed``.
-        self.switch: _Switch = OBSERVED if self.by_result else TELEMETRY
+        self.switch = OBSERVED if self.by_result else TELEMETRY
 
     @property
     def stats(self) -> PolicyStats:
