@@ -5,8 +5,9 @@ Rows, all timed in this one process on the success path:
 - ``bare call``: the function itself.
 - ``resilience stack``: ``Pipeline(Retry, CircuitBreaker, Bulkhead, RateLimiter)``,
   outermost first, with a limiter rate high enough never to reject.
-- ``resilience stack + metrics``: the same with ``resilience.prometheus.enable()`` on a
-  private registry (call counts and the duration histogram).
+- ``resilience stack + metrics``: the same function with ``resilience.prometheus.enable()``
+  on a private registry (call counts and the duration histogram). What metrics add is
+  measured apart, over interleaved rounds of the same function on and off.
 - ``tenacity + pybreaker``: a tenacity ``retry`` around a pybreaker breaker, the closest
   stack the peers offer (neither has a bulkhead or a limiter).
 
@@ -16,6 +17,7 @@ Target from the issue: the resilience stack ≤ 1.5 µs per call (tenacity + pyb
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 import pybreaker
@@ -23,7 +25,7 @@ import tenacity
 from prometheus_client import CollectorRegistry
 
 import resilience.prometheus
-from benchmarks._timing import ns_per_call, print_table
+from benchmarks._timing import ns_per_call, print_table, quick
 from resilience import Bulkhead, CircuitBreaker, Pipeline, RateLimiter, Retry
 
 BARE = "bare call"
@@ -31,6 +33,7 @@ OURS = "resilience stack"
 OURS_METRICS = "resilience stack + metrics"
 PEERS = "tenacity + pybreaker"
 TARGET_NS = 1500.0
+METRICS_TARGET_NS = 150.0
 
 
 def _work() -> int:
@@ -56,6 +59,23 @@ def _peers() -> Any:
     )(breaker(_work))
 
 
+def _metrics_added(fn: Any, registry: CollectorRegistry) -> float:
+    """What metrics on (counts + duration histogram) add to ``fn``: the median over
+    interleaved rounds of (on - off in the same round), in the thread's CPU time."""
+    number, rounds = (20_000, 15) if not quick() else (20, 3)
+    added = []
+    for _ in range(rounds):
+        before = ns_per_call(fn, number=number, repeat=1, cpu=True)
+        resilience.prometheus.enable(registry=registry)
+        try:
+            on = ns_per_call(fn, number=number, repeat=1, cpu=True)
+        finally:
+            resilience.prometheus.disable(registry)
+        after = ns_per_call(fn, number=number, repeat=1, cpu=True)
+        added.append(on - min(before, after))
+    return statistics.median(added)
+
+
 def main() -> None:
     ours = _ours("bench-stack")
     peers = _peers()
@@ -68,9 +88,7 @@ def main() -> None:
     registry = CollectorRegistry()
     resilience.prometheus.enable(registry=registry)
     try:
-        metered = _ours("bench-stack-metrics")
-        assert metered() == 1
-        rows.append((OURS_METRICS, ns_per_call(metered, number=100_000)))
+        rows.append((OURS_METRICS, ns_per_call(ours, number=100_000)))
     finally:
         resilience.prometheus.disable(registry)
     rows.append((PEERS, ns_per_call(peers, number=10_000)))
@@ -78,10 +96,13 @@ def main() -> None:
         "Sync stack: retry + breaker + bulkhead + limiter, success path", rows, baseline=PEERS
     )
     table = dict(rows)
+    added = _metrics_added(ours, registry)
     print(
         f"\nstack {table[OURS]:.0f} ns (target ≤ {TARGET_NS:.0f} ns): "
         f"{'met' if table[OURS] <= TARGET_NS else 'missed'}; "
-        f"metrics add {table[OURS_METRICS] - table[OURS]:.0f} ns (target ≤ 150 ns)"
+        f"metrics add {added:.0f} ns (target ≤ {METRICS_TARGET_NS:.0f} ns, median of "
+        f"interleaved rounds on the same function): "
+        f"{'met' if added <= METRICS_TARGET_NS else 'missed'}"
     )
 
 
