@@ -24,6 +24,7 @@ from resilience import (
     CircuitBreaker,
     CircuitOpenError,
     Classifier,
+    Fallback,
     Outcome,
     Pipeline,
     Retry,
@@ -195,6 +196,10 @@ FRONTS: dict[str, Callable[[FakeClock], Strategy]] = {
     "breaker": breaker,
     "retry-first": lambda clock: Pipeline(retry(clock), breaker(clock)),
     "breaker-first": lambda clock: Pipeline(breaker(clock), retry(clock)),
+    # A Fallback has no fused closure: the separate policy wrapper records the calls.
+    "wrapper-first": lambda clock: Pipeline(
+        Fallback("never", on=LookupError), retry(clock), breaker(clock)
+    ),
 }
 
 

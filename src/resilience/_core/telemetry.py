@@ -642,7 +642,7 @@ def _sync_wrapper(inner: AnyCallable, gate: PolicyGate) -> AnyCallable:
         if not mode:
             return inner(*args, **kwargs)
         if mode == COUNT_TIME:
-            # Metrics with durations, inlined (as in ``observed``): no frame more.
+            # Metrics, inlined (as in ``observed``): no frame more.
             t0 = now()
             try:
                 result = inner(*args, **kwargs)
@@ -655,6 +655,14 @@ def _sync_wrapper(inner: AnyCallable, gate: PolicyGate) -> AnyCallable:
             else:
                 stats.slower(d)
             stats.ok_seconds += d
+            return result
+        if mode == COUNT:
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                failure(exc, None)
+                raise
+            stats.ok_untimed += 1
             return result
         return observed(args, kwargs)
 
