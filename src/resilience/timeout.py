@@ -35,12 +35,12 @@ from ._core.events import EVENTS, Event, Severity
 from ._core.options import to_int, to_seconds
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
 from ._core.telemetry import (
-    COUNT,
     COUNT_TIME,
     NEVER,
     NEVER_STATS,
     OBSERVED,
     QUICK,
+    TRACED,
     PolicyGate,
     unfailed,
     unobserved,
@@ -260,7 +260,7 @@ class Timeout(Strategy):
 
         def timeout_deadline(*args: Any, **kwargs: Any) -> Any:
             mode = switch.mode
-            if mode and mode != COUNT_TIME and mode != COUNT:  # tracing, a result classifier
+            if mode and TRACED[mode]:  # tracing, or a result classifier
                 return slow[0](args, kwargs)  # observed
             start = now()
             # A caller's deadline on the same clock is compared with ``start``: no more reads.

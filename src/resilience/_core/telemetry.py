@@ -49,6 +49,7 @@ __all__ = [
     "QUICK",
     "STATS",
     "TELEMETRY",
+    "TRACED",
     "PolicyGate",
     "PolicyStats",
     "decorate",
@@ -387,6 +388,11 @@ one reads, so that one closure body serves both."""
 
 NEVER_OBSERVED: Final = (False,) * (ALL_MODES + 1)
 """``observe`` of a closure built with :data:`NEVER` (its mode is always 0)."""
+
+TRACED: Final = tuple(bool(mode & TRACING) for mode in range(ALL_MODES + 1))
+"""By mode, whether a closure on the tally contract hands the call to ``observed``:
+``TRACED[mode]`` is one tuple index, where ``mode != COUNT_TIME and mode != COUNT``
+is two comparisons (:data:`OBSERVED` always sets ``TRACING``)."""
 
 
 def unobserved(args: Any, kwargs: Any) -> Any:
