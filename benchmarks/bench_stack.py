@@ -5,8 +5,9 @@ Rows, all timed in this one process on the success path:
 - ``bare call``: the function itself.
 - ``resilience stack``: ``Pipeline(Retry, CircuitBreaker, Bulkhead, RateLimiter)``,
   outermost first, with a limiter rate high enough never to reject.
-- ``resilience stack + metrics``: the same with ``resilience.prometheus.enable()`` on a
-  private registry (call counts and the duration histogram).
+- ``resilience stack + metrics``: the same function with ``resilience.prometheus.enable()``
+  on a private registry (call counts and the duration histogram). What metrics add is
+  measured apart, over interleaved rounds of the same function on and off.
 - ``tenacity + pybreaker``: a tenacity ``retry`` around a pybreaker breaker, the closest
   stack the peers offer (neither has a bulkhead or a limiter).
 - ``resilience stack, async``: the same pipeline around a coroutine function, awaited in
@@ -41,6 +42,7 @@ PEERS = "tenacity + pybreaker"
 OURS_ASYNC = "resilience stack, async"
 TARGET_NS = 1500.0
 RUNS = 20
+METRICS_TARGET_NS = 150.0
 
 
 def _work() -> int:
@@ -68,6 +70,22 @@ def _peers() -> Any:
         stop=tenacity.stop_after_attempt(3),
         wait=tenacity.wait_none(),
     )(breaker(_work))
+
+
+def _metrics_added(fn: Any, registry: CollectorRegistry) -> float:
+    """What metrics on (counts + duration histogram) add to ``fn``: its best round on
+    minus its best round off, over many short interleaved rounds in the thread's CPU
+    time (what a busy machine adds to a round is left out)."""
+    number, rounds = (20, 3) if quick() else (3_000, 60)
+    on = off = float("inf")
+    for _ in range(rounds):
+        off = min(off, ns_per_call(fn, number=number, repeat=1, cpu=True))
+        resilience.prometheus.enable(registry=registry)
+        try:
+            on = min(on, ns_per_call(fn, number=number, repeat=1, cpu=True))
+        finally:
+            resilience.prometheus.disable(registry)
+    return on - off
 
 
 def main() -> None:
@@ -100,10 +118,13 @@ def main() -> None:
     rows = list(best.items())
     print_table("Stack: retry + breaker + bulkhead + limiter, success path", rows, baseline=PEERS)
     table = dict(rows)
+    added = _metrics_added(ours, registry)
     print(
         f"\nstack {table[OURS]:.0f} ns (target ≤ {TARGET_NS:.0f} ns): "
         f"{'met' if table[OURS] <= TARGET_NS else 'missed'}; "
-        f"metrics add {table[OURS_METRICS] - table[OURS]:.0f} ns (target ≤ 150 ns)"
+        f"metrics add {added:.0f} ns (target ≤ {METRICS_TARGET_NS:.0f} ns; best rounds, "
+        f"on and off interleaved on the same function): "
+        f"{'met' if added <= METRICS_TARGET_NS else 'missed'}"
     )
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ._core.events import EVENTS, CallRejected, Event, StateChanged
-from ._core.telemetry import CALL_OUTCOMES, POLICIES, STATS, SUM, TELEMETRY
+from ._core.telemetry import CALL_OUTCOMES, POLICIES, QUICK_SLOT, SECONDS, STATS, SUM, TELEMETRY
 from .fallback import FallbackUsed
 from .retry import GiveUpReason, RetryGaveUp, RetryScheduled
 from .timeout import TimedOut
@@ -44,7 +44,7 @@ logger = logging.getLogger("resilience")
 
 BREAKER_STATES: Final = ("closed", "open", "half_open", "forced_open", "disabled", "metrics_only")
 
-_FIRST_SLOT: Final = 17
+_FIRST_SLOT: Final = QUICK_SLOT
 _LAST_SLOT: Final = 35
 DURATION_BUCKETS: Final = tuple(2**b / 1e9 for b in range(_FIRST_SLOT, _LAST_SLOT + 1))
 """Upper bounds of the call-duration buckets: powers of two nanoseconds, 131 µs to 34 s."""
@@ -177,22 +177,24 @@ def _durations(snaps: Snapshots) -> Family:
         ("policy",),
         unit="seconds",
     )
-    merged: dict[str, list[int]] = {}
+    counts: dict[str, list[int]] = {}
+    sums: dict[str, float] = {}
     for stats in STATS.all():
-        acc = merged.setdefault(stats.policy, [0] * (SUM + 1))
-        for h in stats.hist:
-            for i, v in enumerate(h[: SUM + 1]):
+        acc = counts.setdefault(stats.policy, [0] * SUM)
+        for outcome in range(len(CALL_OUTCOMES)):
+            h = stats.slots(outcome)
+            for i, v in enumerate(h[:SUM]):
                 acc[i] += v
-    for policy in sorted(merged):
-        acc = merged[policy]
-        count = sum(acc[:SUM])
+            sums[stats.policy] = sums.get(stats.policy, 0.0) + h[SUM] / 1e9 + h[SECONDS]
+    for policy in sorted(counts):
+        acc = counts[policy]
         below = sum(acc[: _FIRST_SLOT + 1])
         buckets = [(DURATION_BUCKETS[0], below)]
         for b in range(_FIRST_SLOT + 1, _LAST_SLOT + 1):
             below += acc[b]
             buckets.append((2**b / 1e9, below))
-        buckets.append((math.inf, count))
-        fam.histograms.append(((policy,), (buckets, acc[SUM] / 1e9)))
+        buckets.append((math.inf, sum(acc)))
+        fam.histograms.append(((policy,), (buckets, sums[policy])))
     return fam
 
 

@@ -41,21 +41,21 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar, NamedTuple
 
-from ._core.clock import SYSTEM_CLOCK, Clock, monotonic_ns
+from ._core.clock import SYSTEM_CLOCK, Clock
 from ._core.errors import RejectedError
 from ._core.events import EVENTS, CallRejected, StateChanged
 from ._core.options import UNSET, Unset, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome, _check_types
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
 from ._core.telemetry import (
+    COUNT,
     COUNT_TIME,
     NEVER,
-    NEVER_OBSERVED,
-    SUM,
-    UNTIMED,
+    NEVER_STATS,
+    QUICK,
     PolicyGate,
+    unfailed,
     unobserved,
-    unrecorded,
 )
 
 __all__ = [
@@ -1083,31 +1083,31 @@ class CircuitBreaker(Strategy):
         timed = self._timed()
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
-        now_ns = monotonic_ns(self._clock)
-        failed: Callable[[BaseException, int], None] = unrecorded
-        succ: list[int] = []
-        observe = NEVER_OBSERVED
+        stats, clock_now = NEVER_STATS, now  # the policy's counters and clock
+        failure: Callable[[BaseException, float | None], None] = unfailed
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_sync(self._sync_driver(fn, scope, None))
-            now_ns = gate.now_ns
-            observe, succ, failed = gate.timed()
+            stats, clock_now, failure = gate.tally()
 
-        def recorded(err: CircuitOpenError, t0: int) -> CircuitOpenError:
-            failed(err, now_ns() - t0 if t0 >= 0 else -1)
+        def recorded(err: CircuitOpenError, t0: float | None) -> CircuitOpenError:
+            failure(err, t0)
             return err
 
         # What only tracing, failures and rejections use, in one free variable: a
         # closure's free variables are copied into its frame on every call.
-        slow = (observed, failed, recorded)
+        slow = (observed, failure, recorded)
 
         def breaker(*args: Any, **kwargs: Any) -> Any:
             mode = switch.mode
             if mode:
-                if observe[mode]:
+                # Metrics are served in this frame (no observer frame).
+                if mode == COUNT_TIME:
+                    t0: float | None = clock_now()
+                elif mode == COUNT:
+                    t0 = None
+                else:  # tracing, or a result classifier
                     return slow[0](args, kwargs)  # observed
-                # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
-                t0 = now_ns() if mode == COUNT_TIME else -1
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
@@ -1130,20 +1130,23 @@ class CircuitBreaker(Strategy):
                 if t is not None:
                     emit(t, scope)
                 if mode:
-                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
+                    slow[1](exc, t0)  # failure
                 raise
             except BaseException as exc:
                 release(permit)  # cancelled or interrupted: a probe slot is given back
                 if mode:
-                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
+                    slow[1](exc, t0)  # failure
                 raise
             if mode:  # (a result classifier sends every call to ``observed``)
-                if t0 < 0:
-                    succ[UNTIMED] += 1
+                if t0 is None:
+                    stats.ok_untimed += 1
                 else:
-                    d = now_ns() - t0
-                    succ[d.bit_length()] += 1
-                    succ[SUM] += d
+                    d = clock_now() - t0
+                    if d < QUICK:
+                        stats.ok_quick += 1.0
+                    else:
+                        stats.slower(d)
+                    stats.ok_seconds += d
             if timed:
                 end = now()
                 if on_result is None:
@@ -1172,31 +1175,31 @@ class CircuitBreaker(Strategy):
         timed = self._timed()
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
-        now_ns = monotonic_ns(self._clock)
-        failed: Callable[[BaseException, int], None] = unrecorded
-        succ: list[int] = []
-        observe = NEVER_OBSERVED
+        stats, clock_now = NEVER_STATS, now  # the policy's counters and clock
+        failure: Callable[[BaseException, float | None], None] = unfailed
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_async(self._async_driver(fn, scope, None))
-            now_ns = gate.now_ns
-            observe, succ, failed = gate.timed()
+            stats, clock_now, failure = gate.tally()
 
-        def recorded(err: CircuitOpenError, t0: int) -> CircuitOpenError:
-            failed(err, now_ns() - t0 if t0 >= 0 else -1)
+        def recorded(err: CircuitOpenError, t0: float | None) -> CircuitOpenError:
+            failure(err, t0)
             return err
 
         # What only tracing, failures and rejections use, in one free variable: a
         # closure's free variables are copied into its frame on every call.
-        slow = (observed, failed, recorded)
+        slow = (observed, failure, recorded)
 
         async def breaker(*args: Any, **kwargs: Any) -> Any:
             mode = switch.mode
             if mode:
-                if observe[mode]:
+                # Metrics are served in this frame (no observer frame).
+                if mode == COUNT_TIME:
+                    t0: float | None = clock_now()
+                elif mode == COUNT:
+                    t0 = None
+                else:  # tracing, or a result classifier
                     return await slow[0](args, kwargs)  # observed
-                # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
-                t0 = now_ns() if mode == COUNT_TIME else -1
             permit = m._epoch
             if m._state is not _CLOSED:
                 start = now()
@@ -1219,20 +1222,23 @@ class CircuitBreaker(Strategy):
                 if t is not None:
                     emit(t, scope)
                 if mode:
-                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
+                    slow[1](exc, t0)  # failure
                 raise
             except BaseException as exc:
                 release(permit)  # cancelled: a probe slot taken is given back
                 if mode:
-                    slow[1](exc, now_ns() - t0 if t0 >= 0 else -1)
+                    slow[1](exc, t0)  # failure
                 raise
             if mode:  # (a result classifier sends every call to ``observed``)
-                if t0 < 0:
-                    succ[UNTIMED] += 1
+                if t0 is None:
+                    stats.ok_untimed += 1
                 else:
-                    d = now_ns() - t0
-                    succ[d.bit_length()] += 1
-                    succ[SUM] += d
+                    d = clock_now() - t0
+                    if d < QUICK:
+                        stats.ok_quick += 1.0
+                    else:
+                        stats.slower(d)
+                    stats.ok_seconds += d
             if timed:
                 end = now()
                 if on_result is None:

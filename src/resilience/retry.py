@@ -23,22 +23,13 @@ from datetime import timedelta
 from types import TracebackType
 from typing import Any, ClassVar
 
-from ._core.clock import SYSTEM_CLOCK, Clock, Rng, default_rng, monotonic_ns
+from ._core.clock import SYSTEM_CLOCK, Clock, Rng, default_rng
 from ._core.deadline import DEADLINE, tighten
 from ._core.events import EVENTS, Event, Severity
 from ._core.options import exception_matcher, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
 from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
-from ._core.telemetry import (
-    COUNT_TIME,
-    NEVER,
-    NEVER_OBSERVED,
-    SUM,
-    UNTIMED,
-    PolicyGate,
-    unobserved,
-    unrecorded,
-)
+from ._core.telemetry import COUNT, COUNT_TIME, NEVER, QUICK, PolicyGate, unobserved
 from .backoff import AttemptInfo, Backoff, Schedule
 
 __all__ = [
@@ -407,15 +398,9 @@ class Retry(Strategy):
         retry = self
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
-        now_ns = monotonic_ns(clock)
-        failed: Callable[[BaseException, int], None] = unrecorded
-        succ: list[int] = []
-        observe = NEVER_OBSERVED
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_sync(self._sync_driver(fn, scope, None))
-            now_ns = gate.now_ns
-            observe, succ, failed = gate.timed()
 
         def again(args: Any, kwargs: Any, call: _RetryCall, error: Any, result: Any) -> Any:
             while True:
@@ -445,44 +430,53 @@ class Retry(Strategy):
 
             if gate is None:
                 return retry_fast
-            # The policy's outermost closure: the same, with the gate. Its telemetry is
-            # unpacked only while on (free variables are copied into every frame).
-            tele = (observe, observed, now_ns, succ, failed)
+            # The policy's outermost closure: the same, with the gate. What only tracing
+            # and failures use is in one free variable (each is copied into every frame).
+            stats, now, failure = gate.tally()
+            slow = (observed, failure)
 
             def retry_fast_policy(*args: Any, **kwargs: Any) -> Any:
                 mode = switch.mode
                 if mode:
-                    observe, observed, now_ns, succ, failed = tele
-                    if observe[mode]:
-                        return observed(args, kwargs)
-                    # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
-                    t0 = now_ns() if mode == COUNT_TIME else -1
+                    # Metrics are served in this frame (no observer frame).
+                    if mode == COUNT_TIME:
+                        t0: float | None = now()
+                    elif mode == COUNT:
+                        t0 = None
+                    else:  # tracing, or a result classifier
+                        return slow[0](args, kwargs)  # observed
                     try:
                         result = fn(*args, **kwargs)
                     except Exception as exc:
                         error = exc
                     except BaseException as exc:
-                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        slow[1](exc, t0)  # failure
                         raise
                     else:
-                        if t0 < 0:
-                            succ[UNTIMED] += 1
+                        if t0 is None:
+                            stats.ok_untimed += 1
                             return result
-                        d = now_ns() - t0
-                        succ[d.bit_length()] += 1
-                        succ[SUM] += d
+                        d = now() - t0
+                        if d < QUICK:
+                            stats.ok_quick += 1.0
+                        else:
+                            stats.slower(d)
+                        stats.ok_seconds += d
                         return result
                     try:
                         result = again(args, kwargs, _RetryCall(retry, scope, None), error, None)
                     except BaseException as exc:
-                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        slow[1](exc, t0)  # failure
                         raise
-                    if t0 < 0:
-                        succ[UNTIMED] += 1
+                    if t0 is None:
+                        stats.ok_untimed += 1
                         return result
-                    d = now_ns() - t0
-                    succ[d.bit_length()] += 1
-                    succ[SUM] += d
+                    d = now() - t0
+                    if d < QUICK:
+                        stats.ok_quick += 1.0
+                    else:
+                        stats.slower(d)
+                    stats.ok_seconds += d
                     return result
                 try:
                     return fn(*args, **kwargs)
@@ -529,15 +523,9 @@ class Retry(Strategy):
         retry = self
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
-        now_ns = monotonic_ns(clock)
-        failed: Callable[[BaseException, int], None] = unrecorded
-        succ: list[int] = []
-        observe = NEVER_OBSERVED
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_async(self._async_driver(fn, scope, None))
-            now_ns = gate.now_ns
-            observe, succ, failed = gate.timed()
 
         async def again(args: Any, kwargs: Any, call: _RetryCall, error: Any, result: Any) -> Any:
             while True:
@@ -567,46 +555,55 @@ class Retry(Strategy):
 
             if gate is None:
                 return retry_fast
-            # The policy's outermost closure: the same, with the gate. Its telemetry is
-            # unpacked only while on (free variables are copied into every frame).
-            tele = (observe, observed, now_ns, succ, failed)
+            # The policy's outermost closure: the same, with the gate. What only tracing
+            # and failures use is in one free variable (each is copied into every frame).
+            stats, now, failure = gate.tally()
+            slow = (observed, failure)
 
             async def retry_fast_policy(*args: Any, **kwargs: Any) -> Any:
                 mode = switch.mode
                 if mode:
-                    observe, observed, now_ns, succ, failed = tele
-                    if observe[mode]:
-                        return await observed(args, kwargs)
-                    # Metrics, served in this frame (no observer frame): t0 < 0 is untimed.
-                    t0 = now_ns() if mode == COUNT_TIME else -1
+                    # Metrics are served in this frame (no observer frame).
+                    if mode == COUNT_TIME:
+                        t0: float | None = now()
+                    elif mode == COUNT:
+                        t0 = None
+                    else:  # tracing, or a result classifier
+                        return await slow[0](args, kwargs)  # observed
                     try:
                         result = await fn(*args, **kwargs)
                     except Exception as exc:
                         error = exc
                     except BaseException as exc:
-                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        slow[1](exc, t0)  # failure
                         raise
                     else:
-                        if t0 < 0:
-                            succ[UNTIMED] += 1
+                        if t0 is None:
+                            stats.ok_untimed += 1
                             return result
-                        d = now_ns() - t0
-                        succ[d.bit_length()] += 1
-                        succ[SUM] += d
+                        d = now() - t0
+                        if d < QUICK:
+                            stats.ok_quick += 1.0
+                        else:
+                            stats.slower(d)
+                        stats.ok_seconds += d
                         return result
                     try:
                         result = await again(
                             args, kwargs, _RetryCall(retry, scope, None), error, None
                         )
                     except BaseException as exc:
-                        failed(exc, now_ns() - t0 if t0 >= 0 else -1)
+                        slow[1](exc, t0)  # failure
                         raise
-                    if t0 < 0:
-                        succ[UNTIMED] += 1
+                    if t0 is None:
+                        stats.ok_untimed += 1
                         return result
-                    d = now_ns() - t0
-                    succ[d.bit_length()] += 1
-                    succ[SUM] += d
+                    d = now() - t0
+                    if d < QUICK:
+                        stats.ok_quick += 1.0
+                    else:
+                        stats.slower(d)
+                    stats.ok_seconds += d
                     return result
                 try:
                     return await fn(*args, **kwargs)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
-import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -38,12 +37,13 @@ from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
 from ._core.telemetry import (
     COUNT_TIME,
     NEVER,
-    NEVER_OBSERVED,
-    SUM,
-    UNTIMED,
+    NEVER_STATS,
+    OBSERVED,
+    QUICK,
+    TRACED,
     PolicyGate,
+    unfailed,
     unobserved,
-    unrecorded,
 )
 
 __all__ = ["Timeout", "TimeoutMode", "TimedOut"]
@@ -234,23 +234,19 @@ class Timeout(Strategy):
         seconds = self.seconds
         dget, dset, dreset = DEADLINE.get, DEADLINE.set, DEADLINE.reset
         new = object.__new__
-        trunc = math.trunc
         error = self._error
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
-        failed: Callable[[BaseException, int], None] = unrecorded
-        succ: list[int] = []
-        observe = NEVER_OBSERVED
+        stats = NEVER_STATS
+        failure: Callable[[BaseException, float | None], None] = unfailed
         if gate is not None:
-            switch = gate.switch
             observed = gate.observe_sync(self._deadline_driver(fn, scope, None))
-            if gate.shares(clock):
-                observe, succ, failed = gate.timed()
-            else:
-                observe = gate.observes(inline=False)
+            stats, _, failure = gate.tally()
+            # Another clock than the policy's: every call goes to ``observed``.
+            switch = gate.switch if gate.shares(clock) else OBSERVED
 
         def record(mode: int, err: BaseException, start: float) -> None:
-            failed(err, trunc((now() - start) * 1e9) if mode == COUNT_TIME else -1)
+            failure(err, start if mode == COUNT_TIME else None)
 
         def timed_out(start: float, mode: int, **extra: Any) -> TimeoutExceededError:
             err = error(scope, start, **extra)
@@ -264,7 +260,7 @@ class Timeout(Strategy):
 
         def timeout_deadline(*args: Any, **kwargs: Any) -> Any:
             mode = switch.mode
-            if mode and observe[mode]:
+            if mode and TRACED[mode]:  # tracing, or a result classifier
                 return slow[0](args, kwargs)  # observed
             start = now()
             # A caller's deadline on the same clock is compared with ``start``: no more reads.
@@ -291,11 +287,14 @@ class Timeout(Strategy):
             if (end if d.clock is clock else d.clock.now()) >= when:
                 raise timed_out(start, mode, result=result)
             if mode == COUNT_TIME:
-                n = trunc((end - start) * 1e9)  # math.trunc: half the cost of int()
-                succ[n.bit_length()] += 1
-                succ[SUM] += n
+                n = end - start
+                if n < QUICK:
+                    stats.ok_quick += 1.0
+                else:
+                    stats.slower(n)
+                stats.ok_seconds += n
             elif mode:
-                succ[UNTIMED] += 1
+                stats.ok_untimed += 1
             return result
 
         return timeout_deadline

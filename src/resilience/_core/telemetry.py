@@ -7,15 +7,17 @@ frame. With telemetry off (the default: importing resilience switches nothing on
 costs one attribute check per call. Integrations switch it on:
 
 - metrics (:mod:`resilience.prometheus`, :mod:`resilience.otel`) make the gate count
-  the call's outcome into plain in-process lists of ints, read at scrape time; with
-  durations on (Prometheus' call-duration histogram) it also reads the clock twice and
-  buckets the duration. No metrics-library object is touched per call.
+  the call's outcome into plain in-process numbers (:class:`PolicyStats`), read at
+  scrape time; with durations on (Prometheus' call-duration histogram) it also reads the
+  clock twice and buckets the duration. No metrics-library object is touched per call.
 - tracing (:mod:`resilience.otel`) installs one :class:`CallObserver` that opens a span
   around the call, or declines at once when no real tracer provider is configured.
 
-Durations are integer nanoseconds from the policy's clock, bucketed by
-``int.bit_length()``: slot ``b`` holds durations in ``[2**(b-1), 2**b)`` ns, so a scrape
-can expose any power-of-two bucket boundaries exactly.
+Durations come from the policy's clock, bucketed by ``int.bit_length()`` of the duration
+in nanoseconds: slot ``b`` holds durations in ``[2**(b-1), 2**b)`` ns, so a scrape can
+expose any power-of-two bucket boundaries exactly. The hot path of a fused closure keeps
+the clock's float seconds and handles the common case, a call shorter than the first
+exposed bucket bound (:data:`QUICK`), with one comparison and two increments.
 
 Policies also register here, weakly, under their policy name, so that
 :func:`resilience.status` and the metric gauges can read every policy's ``snapshot()``.
@@ -23,6 +25,7 @@ Policies also register here, weakly, under their policy name, so that
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Callable
@@ -40,14 +43,19 @@ __all__ = [
     "CallObserver",
     "NEVER",
     "NEVER_OBSERVED",
+    "NEVER_STATS",
+    "OBSERVED",
     "POLICIES",
+    "QUICK",
     "STATS",
     "TELEMETRY",
+    "TRACED",
     "PolicyGate",
     "PolicyStats",
     "decorate",
     "error_type",
     "instrument",
+    "unfailed",
     "unobserved",
     "unrecorded",
 ]
@@ -63,10 +71,18 @@ CALL_OUTCOMES: Final = ("success", "known_failure", "unknown_failure", "rejected
 """The ``outcome`` label of a call, by index in :attr:`PolicyStats.hist`."""
 
 SLOTS: Final = 65
-"""Histogram slots: ``bit_length()`` of a duration in ns (0..64); then the sum, then the
-calls counted while durations were off."""
+"""Histogram slots: ``bit_length()`` of a duration in ns (0..64); then the sum in ns, the
+calls counted while durations were off, and the sum in seconds."""
 SUM: Final = 65
 UNTIMED: Final = 66
+SECONDS: Final = 67
+
+QUICK_SLOT: Final = 17
+"""The slot of the first exposed bucket bound, ``2**17`` ns (131 µs): every duration
+below it is in the first bucket, whatever its slot."""
+QUICK: Final = 2**QUICK_SLOT / 1e9
+""":data:`QUICK_SLOT`'s bound in seconds: a success timed in seconds below it is only
+counted (:attr:`PolicyStats.ok_quick`), with no bucket to compute."""
 
 _OUTCOME_INDEX: Final = {Outcome.SUCCESS: SUCCESS, Outcome.KNOWN_FAILURE: KNOWN}
 
@@ -87,23 +103,32 @@ class _Telemetry:
     """The process-wide switches every policy wrapper reads.
 
     ``mode`` is a bit set of ``COUNT``, ``TIME`` and ``TRACING``; ``0`` is the fast path.
+    ``follower``, if given, is kept at ``mode | TRACING`` while ``mode`` is nonzero.
+
+    Every switch a closure reads (:data:`TELEMETRY`, :data:`OBSERVED`, :data:`NEVER`) is
+    of this one class: a closure body shared by several closures reads ``mode`` at one
+    site, which the interpreter specialises for one class only.
     """
 
-    __slots__ = ("_counters", "_lock", "_timers", "mode", "observer")
+    __slots__ = ("_counters", "_follower", "_lock", "_timers", "mode", "observer")
 
-    def __init__(self) -> None:
+    def __init__(self, follower: _Telemetry | None = None) -> None:
         self.mode = 0
         self.observer: CallObserver | None = None
         self._counters = 0
         self._timers = 0
+        self._follower = follower
         self._lock = threading.Lock()
 
     def _update(self) -> None:
-        self.mode = (
+        mode = (
             (COUNT if self._counters else 0)
             | (TIME if self._timers else 0)
             | (TRACING if self.observer is not None else 0)
         )
+        self.mode = mode
+        if self._follower is not None:
+            self._follower.mode = mode | TRACING if mode else 0
 
     def acquire_metrics(self, *, durations: bool) -> None:
         """Start counting calls, and timing them with ``durations`` (reference-counted:
@@ -127,39 +152,89 @@ class _Telemetry:
             self._update()
 
 
-TELEMETRY: Final = _Telemetry()
+OBSERVED: Final = _Telemetry()
+"""The switch of a fused closure whose calls all go through its observer (a policy with
+a result classifier, whose outcome the closure cannot tell): nonzero exactly while
+:data:`TELEMETRY` is, and then never ``COUNT`` or ``COUNT_TIME``."""
+
+TELEMETRY: Final = _Telemetry(OBSERVED)
 
 
 class PolicyStats:
     """In-process call counters of one ``(policy, strategy)``: a histogram per outcome.
 
     ``hist[outcome][b]`` counts calls whose duration in ns has ``bit_length() == b``;
-    ``hist[outcome][SUM]`` is the sum of their durations in ns, ``hist[outcome][UNTIMED]``
-    counts the calls made while only counting was on. The lists are updated
-    without a lock: under the GIL an ``int`` ``+=`` on a list slot runs without a thread
-    switch in between (no call, no backward jump), and a lock would cost more than the
-    whole update. A scrape copies each list before reading it.
+    ``hist[outcome][SUM]`` is the sum of the durations recorded in ns,
+    ``hist[outcome][SECONDS]`` the sum of those recorded in seconds, and
+    ``hist[outcome][UNTIMED]`` counts the calls made while only counting was on.
+
+    The success path of a fused closure has three counters of its own, plain attributes
+    (cheaper to bump than list slots): ``ok_quick`` counts successes timed in seconds
+    below :data:`QUICK`, ``ok_seconds`` sums the durations of every success timed in
+    seconds (a slower one also gets its bucket, :meth:`slower`), ``ok_untimed`` counts
+    successes while only counting is on. ``ok_quick`` is a ``float``: adding ``1.0``
+    reuses a freed float where ``+ 1`` allocates a new ``int``, and it counts exactly
+    up to 2**53 calls.
+
+    Nothing is locked: under the GIL an ``int`` or ``float`` ``+=`` on a list slot or a
+    slotted attribute runs without a thread switch in between (no call, no backward
+    jump), and a lock would cost more than the whole update. A scrape copies each list
+    before reading it. Read them through :meth:`calls`, :meth:`timed`, :meth:`seconds`
+    and :meth:`slots`.
     """
 
-    __slots__ = ("hist", "policy", "strategy")
+    __slots__ = ("hist", "ok_quick", "ok_seconds", "ok_untimed", "policy", "strategy")
 
     def __init__(self, policy: str, strategy: str) -> None:
         self.policy = policy
         self.strategy = strategy
-        self.hist: tuple[list[int], ...] = tuple([0] * (UNTIMED + 1) for _ in CALL_OUTCOMES)
+        self.hist: tuple[list[Any], ...] = tuple([0] * SECONDS + [0.0] for _ in CALL_OUTCOMES)
+        self.ok_quick = 0.0
+        self.ok_seconds = 0.0
+        self.ok_untimed = 0
 
     def record(self, outcome: int, duration_ns: int) -> None:
         h = self.hist[outcome]
         h[duration_ns.bit_length()] += 1
         h[SUM] += duration_ns
 
+    def record_seconds(self, outcome: int, seconds: float) -> None:
+        h = self.hist[outcome]
+        h[math.trunc(seconds * 1e9).bit_length()] += 1
+        h[SECONDS] += seconds
+
+    def slower(self, seconds: float) -> None:
+        """Bucket a success timed in seconds at :data:`QUICK` or more (its caller adds
+        ``seconds`` to :attr:`ok_seconds`)."""
+        self.hist[SUCCESS][math.trunc(seconds * 1e9).bit_length()] += 1
+
     def count(self, outcome: int) -> None:
         self.hist[outcome][UNTIMED] += 1
 
+    def slots(self, outcome: int) -> list[Any]:
+        """A copy of ``hist[outcome]`` with the success counters folded in: the quick
+        successes in :data:`QUICK_SLOT`, their sum in ``SECONDS``, the untimed ones in
+        ``UNTIMED``."""
+        h = list(self.hist[outcome])
+        if outcome == SUCCESS:
+            h[QUICK_SLOT] += int(self.ok_quick)
+            h[SECONDS] += self.ok_seconds
+            h[UNTIMED] += self.ok_untimed
+        return h
+
     def calls(self, outcome: int) -> int:
         """Calls that ended with ``outcome``, timed or not."""
-        h = list(self.hist[outcome])
-        return sum(h[:SUM]) + h[UNTIMED]
+        h = self.slots(outcome)
+        return int(sum(h[:SUM]) + h[UNTIMED])
+
+    def timed(self, outcome: int) -> int:
+        """Calls that ended with ``outcome`` and have a duration in the histogram."""
+        return int(sum(self.slots(outcome)[:SUM]))
+
+    def seconds(self, outcome: int) -> float:
+        """The sum of the durations of the calls that ended with ``outcome``."""
+        h = self.slots(outcome)
+        return float(h[SUM] / 1e9 + h[SECONDS])
 
 
 class _StatsTable:
@@ -237,9 +312,12 @@ def error_type(error: BaseException) -> str:
 # -- what the wrapper learns about its policy at decoration time --------------------------------
 def _find(strategy: Strategy, names: tuple[str, ...], kind: type[Any], skip: object = None) -> Any:
     """The first attribute of type ``kind`` (and not ``skip``) on the strategy, or on a
-    pipeline's members, outermost first."""
+    pipeline's members, outermost first. A dotted name reads through an attribute
+    (``options.classifier``)."""
     for attr in names:
-        value = getattr(strategy, attr, None)
+        value: Any = strategy
+        for part in attr.split("."):
+            value = getattr(value, part, None)
         if isinstance(value, kind) and value is not skip:
             return value
     for inner in getattr(strategy, "strategies", ()):
@@ -311,6 +389,11 @@ one reads, so that one closure body serves both."""
 NEVER_OBSERVED: Final = (False,) * (ALL_MODES + 1)
 """``observe`` of a closure built with :data:`NEVER` (its mode is always 0)."""
 
+TRACED: Final = tuple(bool(mode & TRACING) for mode in range(ALL_MODES + 1))
+"""By mode, whether a closure on the tally contract hands the call to ``observed``:
+``TRACED[mode]`` is one tuple index, where ``mode != COUNT_TIME and mode != COUNT``
+is two comparisons (:data:`OBSERVED` always sets ``TRACING``)."""
+
 
 def unobserved(args: Any, kwargs: Any) -> Any:
     """The ``observed`` of a closure built with :data:`NEVER`: never called."""
@@ -322,40 +405,93 @@ def unrecorded(error: BaseException, duration_ns: int) -> None:
     raise AssertionError("a closure that does not record calls recorded one")
 
 
+def unfailed(error: BaseException, started: float | None) -> None:
+    """The ``failure`` of a closure built with :data:`NEVER`: never called."""
+    raise AssertionError("a closure that does not record calls recorded one")
+
+
+NEVER_STATS: Final = PolicyStats("", "")
+"""The ``stats`` of a closure built with :data:`NEVER`: never touched, and in no table."""
+
+
 class PolicyGate:
     """The telemetry of one decorated function, handed to its outermost strategy.
 
     A strategy either leaves it to :meth:`wrap_sync` / :meth:`wrap_async` (a separate
     wrapper frame: one flag check per call while telemetry is off), or fuses it into its
-    own closure, which then starts with::
+    own closure, which reads :attr:`switch` once per call (the same closure built further
+    in reads :data:`NEVER`) and serves metrics in its own frame::
 
-        if switch.mode:                 # switch is TELEMETRY here, NEVER further in
-            return observed(args, kwargs)
+        stats, now, failure = gate.tally()
+        observed = gate.observe_sync(plain)     # plain: the closure built with NEVER
 
-    where ``observed = gate.observe_sync(plain)`` and ``plain`` is the same closure built
-    with the :data:`NEVER` switch. While telemetry is off that costs one attribute read
-    and no frame; once on, ``observed`` runs ``plain`` counted, timed and traced.
+        def closure(*args, **kwargs):
+            mode = switch.mode
+            if mode:
+                if mode == COUNT_TIME:
+                    t0 = now()                  # the policy's clock, in seconds
+                elif mode == COUNT:
+                    t0 = None                   # counting only
+                else:                           # tracing, or a result classifier
+                    return observed(args, kwargs)
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                if mode:
+                    failure(exc, t0)
+                raise
+            if mode:
+                if t0 is None:
+                    stats.ok_untimed += 1
+                else:
+                    d = now() - t0
+                    if d < QUICK:
+                        stats.ok_quick += 1.0   # the common case: no bucket to compute
+                    else:
+                        stats.slower(d)
+                    stats.ok_seconds += d
+            return result
 
-    Durations use the first injected clock of the policy (a FakeClock in tests), else
-    the system's. A strategy may also serve metrics in its own frame (:meth:`timed`),
-    sharing its own clock reads where it reads the system clock anyway (:meth:`shares`).
+    While telemetry is off that costs one attribute read and no frame; with metrics on,
+    two clock reads, a subtraction, a comparison and two increments. A strategy that
+    reads the policy's clock anyway may time the call with its own reads
+    (:meth:`shares`). Durations use the first injected clock of the policy (a FakeClock
+    in tests), else the system's.
+
+    The older contract, :meth:`timed` with :attr:`now_ns` (integer nanoseconds, a
+    bucket and a sum per success) and ``observe[mode]`` in front, still works and
+    records into the same counters; it costs more per call.
     """
 
-    __slots__ = ("_stats", "by_result", "classifier", "clock", "now_ns", "scope", "switch")
+    __slots__ = (
+        "_stats",
+        "by_result",
+        "classifier",
+        "clock",
+        "now",
+        "now_ns",
+        "scope",
+        "switch",
+    )
 
     def __init__(self, strategy: Strategy, scope: Scope) -> None:
         self.scope = scope
         self._stats: PolicyStats | None = None
         classifier: Classifier = (
-            _find(strategy, ("classifier", "_classifier"), Classifier) or DEFAULT_CLASSIFIER
+            _find(strategy, ("classifier", "_classifier", "options.classifier"), Classifier)
+            or DEFAULT_CLASSIFIER
         )
         self.classifier = classifier
         self.by_result = classifier.result is not None
         self.clock: Clock = (
             _find(strategy, ("clock", "_clock"), Clock, SYSTEM_CLOCK) or SYSTEM_CLOCK
         )
+        # The builtin time.monotonic itself for the system clock: no Python frame.
+        self.now: Callable[[], float] = self.clock.now
         self.now_ns = monotonic_ns(self.clock)
-        self.switch = TELEMETRY
+        # A result classifier decides outcomes from returned values, which the fused
+        # closures do not look at: every call of such a policy goes to ``observed``.
+        self.switch = OBSERVED if self.by_result else TELEMETRY
 
     @property
     def stats(self) -> PolicyStats:
@@ -368,19 +504,35 @@ class PolicyGate:
     def shares(self, clock: Clock) -> bool:
         """Whether a strategy reading ``clock`` may time the policy's calls with its own
         two reads: both it and the policy's durations are the system clock (an injected
-        clock keeps the exact durations of :attr:`now_ns`). See :meth:`timed`."""
+        clock keeps the exact durations of :attr:`now`)."""
         return type(clock) is SystemClock and type(self.clock) is SystemClock
 
+    def tally(
+        self,
+    ) -> tuple[PolicyStats, Callable[[], float], Callable[[BaseException, float | None], None]]:
+        """``(stats, now, failure)``: what a fused closure needs to serve metrics in its
+        own frame (see the class docstring)."""
+        return self.stats, self.now, self.failure
+
+    def failure(self, error: BaseException, started: float | None) -> None:
+        """Record ``error`` ending a call that started at ``started`` on :attr:`now`
+        (``None``: counted only, not timed)."""
+        if started is None:
+            self.stats.count(_classify_error(self.classifier, error))
+            return
+        seconds = self.now() - started
+        self.stats.record_seconds(_classify_error(self.classifier, error), seconds)
+
     def timed(self) -> tuple[tuple[bool, ...], list[int], Callable[[BaseException, int], None]]:
-        """What a strategy needs to time the policy's calls inline, in its own frame.
+        """The older contract: what a strategy needs to time the policy's calls in ns.
 
         Returns ``(observe, succeeded, failed)``. ``observe[mode]`` says whether the
         closure hands the call to ``observed`` (tracing always; every mode with a result
-        classifier): a tuple index, cheaper per call than a bit test. Otherwise it serves
-        ``COUNT_TIME`` itself: on success ``succeeded[d.bit_length()] += 1`` and
-        ``succeeded[SUM] += d`` (``d`` the duration in ns, from :attr:`now_ns` or from
-        reads it shares, see :meth:`shares`), on an exception ``failed(error, d)``; and
-        ``COUNT`` alone with ``succeeded[UNTIMED] += 1`` / ``failed(error, -1)``.
+        classifier): a tuple index. Otherwise it serves ``COUNT_TIME`` itself: on success
+        ``succeeded[d.bit_length()] += 1`` and ``succeeded[SUM] += d`` (``d`` the duration
+        in ns, from :attr:`now_ns`), on an exception ``failed(error, d)``; and ``COUNT``
+        alone with ``succeeded[UNTIMED] += 1`` / ``failed(error, -1)``. :meth:`tally` is
+        cheaper per call.
         """
         return self.observes(), self.stats.hist[SUCCESS], self.failed
 
@@ -400,73 +552,76 @@ class PolicyGate:
 
     def observe_sync(self, plain: AnyCallable) -> Callable[[Any, Any], Any]:
         """``observed(args, kwargs)``: ``plain(*args, **kwargs)`` under telemetry."""
-        return _sync_observer(plain, self.scope, self.stats, self.classifier, self.now_ns)
+        return _sync_observer(plain, self)
 
     def observe_async(self, plain: AsyncCallable) -> Callable[[Any, Any], Any]:
         """The async twin of :meth:`observe_sync` (``await observed(args, kwargs)``)."""
-        return _async_observer(plain, self.scope, self.stats, self.classifier, self.now_ns)
+        return _async_observer(plain, self)
 
     def wrap_sync(self, plain: AnyCallable) -> AnyCallable:
         """The separate policy wrapper around ``plain``."""
-        return _sync_wrapper(plain, self.scope, self.stats, self.classifier, self.now_ns)
+        return _sync_wrapper(plain, self)
 
     def wrap_async(self, plain: AsyncCallable) -> AsyncCallable:
         """The separate policy wrapper around the coroutine function ``plain``."""
-        return _async_wrapper(plain, self.scope, self.stats, self.classifier, self.now_ns)
+        return _async_wrapper(plain, self)
 
 
-def _sync_observer(
-    inner: AnyCallable,
-    scope: Scope,
-    stats: PolicyStats,
-    classifier: Classifier,
-    now_ns: Callable[[], int],
-) -> Callable[[Any, Any], Any]:
-    gate = TELEMETRY
-    succ = stats.hist[SUCCESS]
+def _sync_observer(inner: AnyCallable, gate: PolicyGate) -> Callable[[Any, Any], Any]:
+    switch = TELEMETRY
+    scope, stats, classifier, now, failure = (
+        gate.scope,
+        gate.stats,
+        gate.classifier,
+        gate.now,
+        gate.failure,
+    )
+    by_result = gate.by_result
     # Without a result classifier, metrics alone (the common case) are served inline.
-    plain = COUNT_TIME if classifier.result is None else -1
-    counting = COUNT if classifier.result is None else -1
-    by_result = classifier.result is not None
+    timed = -1 if by_result else COUNT_TIME
+    counting = -1 if by_result else COUNT
 
     def observed(args: Any, kwargs: Any) -> Any:
-        mode = gate.mode
-        if mode == plain:
-            # Metrics with durations: two clock reads, one bucket, one sum.
-            t0 = now_ns()
+        mode = switch.mode
+        if mode == timed:
+            # Metrics with durations: two clock reads, a comparison, two increments.
+            t0 = now()
             try:
                 result = inner(*args, **kwargs)
             except BaseException as exc:
-                stats.record(_classify_error(classifier, exc), now_ns() - t0)
+                failure(exc, t0)
                 raise
-            d = now_ns() - t0
-            succ[d.bit_length()] += 1
-            succ[SUM] += d
+            d = now() - t0
+            if d < QUICK:
+                stats.ok_quick += 1.0
+            else:
+                stats.slower(d)
+            stats.ok_seconds += d
             return result
         if mode == counting:
             try:
                 result = inner(*args, **kwargs)
             except BaseException as exc:
-                stats.count(_classify_error(classifier, exc))
+                failure(exc, None)
                 raise
-            succ[UNTIMED] += 1
+            stats.ok_untimed += 1
             return result
         # Tracing (with or without metrics), or a result classifier.
-        observer = gate.observer
+        observer = switch.observer
         handle = observer.begin(scope) if observer is not None else None
         if handle is None and not mode & COUNT:
             return inner(*args, **kwargs)
-        t0 = now_ns() if mode & TIME else 0
+        started = now() if mode & TIME else None
         try:
             result = inner(*args, **kwargs)
         except BaseException as exc:
             outcome = _classify_error(classifier, exc)
-            _record(stats, mode, outcome, t0, now_ns)
+            _record(stats, mode, outcome, started, now)
             if handle is not None and observer is not None:
                 observer.end(handle, CALL_OUTCOMES[outcome], exc)
             raise
         outcome = _classify_result(classifier, result) if by_result else SUCCESS
-        _record(stats, mode, outcome, t0, now_ns)
+        _record(stats, mode, outcome, started, now)
         if handle is not None and observer is not None:
             observer.end(handle, CALL_OUTCOMES[outcome], None)
         return result
@@ -474,41 +629,46 @@ def _sync_observer(
     return observed
 
 
-def _sync_wrapper(
-    inner: AnyCallable,
-    scope: Scope,
-    stats: PolicyStats,
-    classifier: Classifier,
-    now_ns: Callable[[], int],
-) -> AnyCallable:
-    gate = TELEMETRY
-    observed = _sync_observer(inner, scope, stats, classifier, now_ns)
-    succ = stats.hist[SUCCESS]
+def _sync_wrapper(inner: AnyCallable, gate: PolicyGate) -> AnyCallable:
+    switch = TELEMETRY
+    observed = _sync_observer(inner, gate)
+    stats, now, failure = gate.tally()
 
-    if classifier.result is not None:
+    if gate.by_result:
 
         def policy_classified(*args: Any, **kwargs: Any) -> Any:
-            if not gate.mode:
+            if not switch.mode:
                 return inner(*args, **kwargs)
             return observed(args, kwargs)
 
         return policy_classified
 
     def policy(*args: Any, **kwargs: Any) -> Any:
-        mode = gate.mode
+        mode = switch.mode
         if not mode:
             return inner(*args, **kwargs)
         if mode == COUNT_TIME:
-            # Metrics with durations, inlined (as in ``observed``): no frame more.
-            t0 = now_ns()
+            # Metrics, inlined (as in ``observed``): no frame more.
+            t0 = now()
             try:
                 result = inner(*args, **kwargs)
             except BaseException as exc:
-                stats.record(_classify_error(classifier, exc), now_ns() - t0)
+                failure(exc, t0)
                 raise
-            d = now_ns() - t0
-            succ[d.bit_length()] += 1
-            succ[SUM] += d
+            d = now() - t0
+            if d < QUICK:
+                stats.ok_quick += 1.0
+            else:
+                stats.slower(d)
+            stats.ok_seconds += d
+            return result
+        if mode == COUNT:
+            try:
+                result = inner(*args, **kwargs)
+            except BaseException as exc:
+                failure(exc, None)
+                raise
+            stats.ok_untimed += 1
             return result
         return observed(args, kwargs)
 
@@ -516,59 +676,48 @@ def _sync_wrapper(
 
 
 def _record(
-    stats: PolicyStats, mode: int, outcome: int, t0: int, now_ns: Callable[[], int]
+    stats: PolicyStats, mode: int, outcome: int, t0: float | None, now: Callable[[], float]
 ) -> None:
-    if mode & TIME:
-        stats.record(outcome, now_ns() - t0)
+    if t0 is not None:
+        stats.record_seconds(outcome, now() - t0)
     elif mode & COUNT:
         stats.count(outcome)
 
 
-def _async_wrapper(
-    inner: AsyncCallable,
-    scope: Scope,
-    stats: PolicyStats,
-    classifier: Classifier,
-    now_ns: Callable[[], int],
-) -> AsyncCallable:
-    gate = TELEMETRY
-    observed = _async_observer(inner, scope, stats, classifier, now_ns)
+def _async_wrapper(inner: AsyncCallable, gate: PolicyGate) -> AsyncCallable:
+    switch = TELEMETRY
+    observed = _async_observer(inner, gate)
 
     async def policy(*args: Any, **kwargs: Any) -> Any:
-        if not gate.mode:
+        if not switch.mode:
             return await inner(*args, **kwargs)
         return await observed(args, kwargs)
 
     return policy
 
 
-def _async_observer(
-    inner: AsyncCallable,
-    scope: Scope,
-    stats: PolicyStats,
-    classifier: Classifier,
-    now_ns: Callable[[], int],
-) -> Callable[[Any, Any], Any]:
-    gate = TELEMETRY
-    by_result = classifier.result is not None
+def _async_observer(inner: AsyncCallable, gate: PolicyGate) -> Callable[[Any, Any], Any]:
+    switch = TELEMETRY
+    scope, stats, classifier, now = gate.scope, gate.stats, gate.classifier, gate.now
+    by_result = gate.by_result
 
     async def observed(args: Any, kwargs: Any) -> Any:
-        observer = gate.observer
+        observer = switch.observer
         handle = observer.begin(scope) if observer is not None else None
-        mode = gate.mode
+        mode = switch.mode
         if handle is None and not mode & COUNT:
             return await inner(*args, **kwargs)
-        t0 = now_ns() if mode & TIME else 0
+        t0 = now() if mode & TIME else None
         try:
             result = await inner(*args, **kwargs)
         except BaseException as exc:
             outcome = _classify_error(classifier, exc)
-            _record(stats, mode, outcome, t0, now_ns)
+            _record(stats, mode, outcome, t0, now)
             if handle is not None and observer is not None:
                 observer.end(handle, CALL_OUTCOMES[outcome], exc)
             raise
         outcome = _classify_result(classifier, result) if by_result else SUCCESS
-        _record(stats, mode, outcome, t0, now_ns)
+        _record(stats, mode, outcome, t0, now)
         if handle is not None and observer is not None:
             observer.end(handle, CALL_OUTCOMES[outcome], None)
         return result
