@@ -275,7 +275,7 @@ def _ms(seconds: float) -> int:
 class _Reply:
     """One answer of a script."""
 
-    __slots__ = ("age", "calls", "epoch", "failed", "granted", "left", "reason", "slow", "state")
+    __slots__ = ("calls", "epoch", "failed", "granted", "left", "reason", "slow", "state")
 
     def __init__(self, raw: Any) -> None:
         self.state = _STATES[int(raw[0])]
@@ -283,7 +283,6 @@ class _Reply:
         self.epoch = int(raw[2])
         reason = raw[3]
         self.reason = reason.decode() if isinstance(reason, bytes) else str(reason)
-        self.age = int(raw[4]) / 1000.0
         self.calls = int(raw[7])
         self.failed = int(raw[8])
         self.slow = int(raw[9])
@@ -312,7 +311,6 @@ class _View:
         "seen",
         "slow",
         "state",
-        "synced",
     )
 
     def __init__(self) -> None:
@@ -327,7 +325,6 @@ class _View:
         self.fleet = (0, 0, 0)
         self.seen = -1  # the local breaker's epoch when last looked at
         self.manual = ""  # a manual change to send with the next sync
-        self.synced = 0.0  # local time of the last answer
 
     def take(self) -> tuple[int, int, int]:
         """The counters since the last call, zeroed."""
@@ -347,7 +344,6 @@ class _View:
         self.guarded = reply.state is not _CLOSED
         if reply.calls or reply.state is _CLOSED:
             self.fleet = (reply.calls, reply.failed, reply.slow)
-        self.synced = now
         return True
 
     def forget(self) -> None:
