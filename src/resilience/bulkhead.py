@@ -35,7 +35,7 @@ from ._core.deadline import DEADLINE
 from ._core.errors import RejectedError, TimeoutExceededError
 from ._core.events import EVENTS, CallRejected, Event
 from ._core.options import to_int, to_seconds
-from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.strategy import AnyCallable, AsyncCallable, GatedStrategy, Scope
 from ._core.telemetry import NEVER, PolicyGate, unobserved
 from ._core.waiters import TaskWaiter, ThreadWaiter, Waiter, arm_timer
 
@@ -185,7 +185,7 @@ def _wake(permits: _Permits, waiter: Waiter | None) -> None:
         waiter = permits.leave(waiter)
 
 
-class Bulkhead(Strategy):
+class Bulkhead(GatedStrategy):
     """Run at most ``max_concurrent`` calls at once; queue up to ``max_queued`` more.
 
     Parameters:
@@ -436,12 +436,6 @@ class Bulkhead(Strategy):
     # further in it has no such code at all, so the fast path is written twice. A call
     # without keyword arguments is passed on as ``fn(*args)``: ``fn(*args, **kwargs)``
     # copies the (empty) dict on every call, in every layer of a pipeline.
-    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
-        return self._sync_driver(fn, scope, None)
-
-    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
-        return self._sync_driver(fn, scope, gate)
-
     def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
         if not _GIL:
             return self._sync_locked(fn, scope, gate)
@@ -565,14 +559,6 @@ class Bulkhead(Strategy):
             waited = clock.now() - start
             raise self._rejected(scope, waited, f"no permit freed within {waited:.3f} s")
         self._waited(scope, start)
-
-    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
-        return self._async_driver(fn, scope, None)
-
-    def _wrap_async_policy(
-        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
-    ) -> AsyncCallable:
-        return self._async_driver(fn, scope, gate)
 
     def _async_driver(
         self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None

@@ -46,7 +46,7 @@ from ._core.errors import RejectedError
 from ._core.events import EVENTS, CallRejected, StateChanged
 from ._core.options import UNSET, Unset, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome, _check_types
-from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.strategy import AnyCallable, AsyncCallable, GatedStrategy, Scope
 from ._core.telemetry import (
     COUNT,
     COUNT_TIME,
@@ -839,7 +839,7 @@ _ENTRIES: contextvars.ContextVar[tuple[_Entry, ...]] = contextvars.ContextVar(
 )
 
 
-class CircuitBreaker(Strategy):
+class CircuitBreaker(GatedStrategy):
     """Fail fast while a dependency keeps failing; probe it to find out when it is back.
 
     Closed, the breaker runs every call and records its outcome; when a trip rule fires
@@ -1060,20 +1060,6 @@ class CircuitBreaker(Strategy):
             or o.slow_call_duration is not None
             or self._classifies_results()
         )
-
-    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
-        return self._sync_driver(fn, scope, None)
-
-    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
-        return self._sync_driver(fn, scope, gate)
-
-    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
-        return self._async_driver(fn, scope, None)
-
-    def _wrap_async_policy(
-        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
-    ) -> AsyncCallable:
-        return self._async_driver(fn, scope, gate)
 
     def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
         m = self._machine

@@ -37,7 +37,7 @@ from ._core.deadline import DEADLINE
 from ._core.errors import RejectedError
 from ._core.events import EVENTS, CallRejected, Event
 from ._core.options import to_int, to_seconds
-from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.strategy import AnyCallable, AsyncCallable, GatedStrategy, Scope
 from ._core.telemetry import NEVER, PolicyGate, unobserved
 from ._core.waiters import TaskWaiter, ThreadWaiter, Waiter, arm_timer
 
@@ -175,7 +175,7 @@ def _wake(gcra: _Gcra, waiter: Waiter | None) -> None:
         waiter = gcra.leave(waiter)
 
 
-class RateLimiter(Strategy):
+class RateLimiter(GatedStrategy):
     """Admit at most ``rate`` calls per ``period``, plus a ``burst``; wait or fail fast.
 
     Parameters:
@@ -465,12 +465,6 @@ class RateLimiter(Strategy):
     # also carries the policy's gate (see PolicyGate); further in it has no such code at
     # all, so the fast path is written twice. A call without keyword arguments is passed
     # on as ``fn(*args)``: ``fn(*args, **kwargs)`` copies the (empty) dict on every call.
-    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
-        return self._sync_driver(fn, scope, None)
-
-    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
-        return self._sync_driver(fn, scope, gate)
-
     def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
         if not _GIL:
             return self._sync_locked(fn, scope, gate)
@@ -575,14 +569,6 @@ class RateLimiter(Strategy):
         finally:
             if timer is not None:
                 timer.cancel()
-
-    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
-        return self._async_driver(fn, scope, None)
-
-    def _wrap_async_policy(
-        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
-    ) -> AsyncCallable:
-        return self._async_driver(fn, scope, gate)
 
     def _async_driver(
         self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None

@@ -28,7 +28,7 @@ from ._core.deadline import DEADLINE, tighten
 from ._core.events import EVENTS, Event, Severity
 from ._core.options import exception_matcher, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
-from ._core.strategy import AnyCallable, AsyncCallable, Scope, Strategy
+from ._core.strategy import AnyCallable, AsyncCallable, GatedStrategy, Scope
 from ._core.telemetry import COUNT, COUNT_TIME, NEVER, QUICK, PolicyGate, unobserved
 from .backoff import AttemptInfo, Backoff, Schedule
 
@@ -199,7 +199,7 @@ class RetryBudget:
         )
 
 
-class Retry(Strategy):
+class Retry(GatedStrategy):
     """Retry a call after unknown failures, with backoff.
 
     Parameters:
@@ -378,20 +378,6 @@ class Retry(Strategy):
     # -- drivers ----------------------------------------------------------------------------
     # As a policy's outermost strategy, a driver's closure carries the policy's gate
     # (see PolicyGate): ``observed`` is the same closure built without it.
-    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
-        return self._sync_driver(fn, scope, None)
-
-    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
-        return self._sync_driver(fn, scope, gate)
-
-    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
-        return self._async_driver(fn, scope, None)
-
-    def _wrap_async_policy(
-        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
-    ) -> AsyncCallable:
-        return self._async_driver(fn, scope, gate)
-
     def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
         on_result = self._on_result
         clock = self._clock

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, ParamSpec, TypeVar
 from .options import to_name
 from .telemetry import PolicyGate, decorate, instrument
 
-__all__ = ["Scope", "Strategy", "Pipeline"]
+__all__ = ["GatedStrategy", "Scope", "Strategy", "Pipeline"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -165,6 +165,39 @@ class Strategy:
         scope = self._scope_for(fn)
         wrapped = instrument(self, self._wrap_async(run, scope), scope, is_async=True)
         return await wrapped(*args, **kwargs)  # type: ignore[no-any-return]
+
+
+class GatedStrategy(Strategy):
+    """A strategy whose two drivers carry the policy's gate themselves.
+
+    ``_sync_driver(fn, scope, gate)`` and ``_async_driver(fn, scope, gate)`` build the
+    closure, with the gate fused in when the strategy is a policy's outermost one and
+    ``gate=None`` everywhere else; this class routes the four wrapping hooks to them.
+    """
+
+    __slots__ = ()
+
+    def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
+        raise NotImplementedError
+
+    def _async_driver(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None
+    ) -> AsyncCallable:
+        raise NotImplementedError
+
+    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
+        return self._sync_driver(fn, scope, None)
+
+    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
+        return self._sync_driver(fn, scope, gate)
+
+    def _wrap_async(self, fn: AsyncCallable, scope: Scope) -> AsyncCallable:
+        return self._async_driver(fn, scope, None)
+
+    def _wrap_async_policy(
+        self, fn: AsyncCallable, scope: Scope, gate: PolicyGate
+    ) -> AsyncCallable:
+        return self._async_driver(fn, scope, gate)
 
 
 class Pipeline(Strategy):
