@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 import resilience._core.clock as clock_module
+from conftest import run_threads
 from resilience import Backoff, Clock, Retry, RetryScheduled, SystemClock, TimedOut, Timeout
 from resilience.testing import (
     CapturingListener,
@@ -262,3 +264,32 @@ def test_a_capturing_listener_is_a_plain_callable() -> None:
     e = TimedOut(policy="p", strategy="timeout", time=0.0, timeout=1.0, elapsed=1.0)
     listener(e)
     assert listener.events == [e]
+
+
+def test_advances_from_several_threads_add_up(eager_switching: None) -> None:
+    clock = FakeClock()
+    fired: list[float] = []
+    for when in (10.0, 250.0, 799.0):
+        clock.call_at(when, lambda: fired.append(clock.now()))
+    run_threads(8, lambda: [clock.advance(0.5) for _ in range(200)])
+    assert clock.now() == 800.0  # 8 threads x 200 x 0.5 s, none lost
+    assert fired == [10.0, 250.0, 799.0]
+    assert clock.pending_timers == 0
+
+
+def test_sleeps_from_several_threads_overlap_like_real_ones() -> None:
+    clock = FakeClock()
+    b_slept = threading.Event()
+
+    def b() -> None:
+        clock.sleep(1.0)  # starts at 0.5, while A's sleep is still under way
+        b_slept.set()
+
+    # A sleeps from 0 to 1; a timer at 0.5, inside A's sleep, lets B sleep 1 s then.
+    clock.call_at(0.5, lambda: (threading.Thread(target=b).start(), b_slept.wait(5)))
+    clock.sleep(1.0)
+    assert b_slept.is_set()
+    assert clock.sleeps == [1.0, 1.0]
+    assert clock.now() == 1.5  # B's sleep ended at 0.5 + 1, not after A's (2.0)
+    clock.advance(1.0)  # an advance after the sleeps starts where they left time
+    assert clock.now() == 2.5

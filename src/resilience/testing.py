@@ -60,10 +60,15 @@ class FakeClock:
 
     ``sleeps`` records every sleep requested, in order, so tests can assert exact
     backoff schedules. :meth:`advance` moves time by hand and fires due timers in order.
+
+    It is safe to share between threads: calls of :meth:`advance` add up (two threads
+    advancing by 1 s move time by 2 s), while sleeps overlap as real ones do (two
+    threads sleeping 1 s at once both wake at 1 s).
     """
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = float(start)
+        self._horizon = self._now  # where the latest advance() is taking time
         self._timers: list[tuple[float, int, _FakeTimer]] = []
         self._seq = itertools.count()
         self._lock = threading.RLock()
@@ -77,7 +82,13 @@ class FakeClock:
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
         with self._lock:
-            target = self._now + seconds
+            # From where the latest advance is taking time, so that advances made at
+            # once from several threads add up instead of landing on the same time.
+            target = max(self._now, self._horizon) + seconds
+            self._horizon = target
+        self._run_until(target)
+
+    def _run_until(self, target: float) -> None:
         # One timer at a time, so that a timer set by a firing one fires too if it is due.
         while (timer := self._pop_due(target)) is not None:
             timer.run()
@@ -95,7 +106,8 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         with self._lock:
             self.sleeps.append(seconds)
-        self.advance(max(0.0, seconds))
+            target = self._now + max(0.0, seconds)
+        self._run_until(target)
 
     async def asleep(self, seconds: float) -> None:
         with self._lock:
