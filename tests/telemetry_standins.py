@@ -1,8 +1,8 @@
-"""Small stand-in strategies for the telemetry tests.
+"""Small stand-in strategies for the telemetry tests, and a reader of the exposition.
 
-They follow the contracts the real breaker, bulkhead and rate limiter publish (a
-``CallRejected`` with their reason, ``StateChanged`` between breaker states, a snapshot
-with their ``kind`` and fields) without depending on those modules.
+The stand-ins follow the contracts the real breaker, bulkhead and rate limiter publish
+(a ``CallRejected`` with their reason, ``StateChanged`` between breaker states, a
+snapshot with their ``kind`` and fields) without depending on those modules.
 """
 
 from __future__ import annotations
@@ -11,6 +11,9 @@ import itertools
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from resilience import CallRejected, RejectedError, StateChanged, Strategy
 from resilience._core.events import EVENTS
@@ -23,6 +26,32 @@ _ids = itertools.count(1)
 def unique(prefix: str) -> str:
     """A policy name no other test uses (counters live for the whole process)."""
     return f"{prefix}_{next(_ids)}"
+
+
+def histogram(
+    registry: CollectorRegistry, name: str, policy: str
+) -> tuple[dict[str, float], float, float]:
+    """One policy's series of histogram ``name``, scraped from ``registry`` and parsed back.
+
+    Answers the cumulative counts by ``le`` (as exposed: ``"0.25"``, ``"+Inf"``), the
+    ``_count`` and the ``_sum``; ``({}, 0.0, 0.0)`` when the policy has no series.
+    """
+    buckets: dict[str, float] = {}
+    count = total = 0.0
+    text = generate_latest(registry).decode()
+    for family in text_string_to_metric_families(text):
+        if family.name != name:
+            continue
+        for s in family.samples:
+            if s.labels.get("policy") != policy:
+                continue
+            if s.name == f"{name}_bucket":
+                buckets[s.labels["le"]] = s.value
+            elif s.name == f"{name}_count":
+                count = s.value
+            elif s.name == f"{name}_sum":
+                total = s.value
+    return buckets, count, total
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -119,7 +148,7 @@ class Breaker(Gate):
             "name": self.name,
             "state": self.state,
             "failure_rate": self.failure_rate,
-            "slow_call_rate": 0.25,
+            "slow_call_rate": 25.0,  # percent, as the real breaker reports it
             "calls_in_window": 10,
             "failed_calls": 5,
             "slow_calls": 2,

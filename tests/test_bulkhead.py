@@ -7,7 +7,7 @@ import contextlib
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import resilience
-from conftest import run_threads
+from conftest import run_threads, settle, wait_until
 from resilience import (
     Bulkhead,
     BulkheadFullError,
@@ -39,27 +39,9 @@ T = TypeVar("T")
 SNAPSHOT_KEYS = {"kind", "name", "max_concurrent", "max_queued", "in_flight", "queued", "rejected"}
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float = 2.0) -> None:
-    """Poll real time until ``predicate()`` (for handing work between threads)."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
-
-
 async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
     """Await with a real-time bound, so that a lost permit fails the test instead of hanging."""
     return await asyncio.wait_for(awaitable, seconds)
-
-
-async def settle(condition: Callable[[], bool], *, rounds: int = 100) -> None:
-    """Let the event loop run until ``condition()``."""
-    for _ in range(rounds):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
 
 
 # -- options ----------------------------------------------------------------------------------

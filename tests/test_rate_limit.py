@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import pytest
@@ -14,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience
-from conftest import run_threads
+from conftest import ManualClock, run_threads, settle, wait_until
 from resilience import (
     Pipeline,
     RateLimited,
@@ -34,55 +33,9 @@ T = TypeVar("T")
 SNAPSHOT_KEYS = {"kind", "name", "rate", "period", "burst", "available", "rejected"}
 
 
-class ManualClock(FakeClock):
-    """A fake clock whose sleeps wait until the test advances it.
-
-    With it a waiter can be caught in the middle of its wait (and cancelled there).
-    """
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        if seconds <= 0:
-            return
-        woken = threading.Event()
-        self.call_at(self.now() + seconds, woken.set)
-        if not woken.wait(5):
-            raise AssertionError("the test never advanced the clock")
-
-    async def asleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def wake() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        handle = self.call_at(self.now() + seconds, wake)
-        try:
-            await fut
-        finally:
-            handle.cancel()
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float = 2.0) -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.001)
-
-
 async def within(awaitable: Awaitable[T], seconds: float = 5.0) -> T:
     """Await with a real-time bound, so that a stuck line fails the test instead of hanging."""
     return await asyncio.wait_for(awaitable, seconds)
-
-
-async def settle(condition: Callable[[], bool], *, rounds: int = 100) -> None:
-    for _ in range(rounds):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
 
 
 def line(limiter: RateLimiter) -> int:
@@ -778,7 +731,7 @@ def test_admissions_are_exact_with_threads_switching_every_microsecond(
             except LookupError:
                 refused += 1
             if i % 97 == 0:
-                with lock:  # FakeClock.advance is not meant for several threads at once
+                with lock:  # advanced counts exactly what the clock moved
                     clock.advance(0.001)
                     advanced += 1
         totals.append((admitted, refused, published))
