@@ -16,14 +16,17 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
+from prometheus_client import CollectorRegistry
 from tests._redis_server import Server, free_port
 from tests.conftest import need_server
+from tests.telemetry_standins import histogram, unique
 
 import resilience
+import resilience.prometheus
 from resilience import Keyed, RateLimitedError, RateLimiter
 from resilience.rate_limit import RateLimited, RateLimitWaited
 from resilience.redis import RedisRateLimiter, SharedStateLost, SharedStateRestored
-from resilience.testing import CapturingListener
+from resilience.testing import CapturingListener, FakeClock
 
 pytestmark = pytest.mark.redis
 
@@ -100,6 +103,59 @@ def test_waiting_caller_reserves_its_permit_and_sleeps_until_due(
     assert 0.08 <= took < 0.5  # two intervals of 50 ms
     waited = [e for e in events.events if isinstance(e, RateLimitWaited)]
     assert len(waited) == 2
+
+
+WAIT = "resilience_ratelimiter_wait_seconds"
+
+
+def test_a_shared_wait_is_observed_in_the_wait_histogram(
+    client: redis.Redis, prefix: str, events: CapturingListener, registry: CollectorRegistry
+) -> None:
+    clock = FakeClock()  # Redis keeps the time; the fake clock sleeps the wait it answers
+    name = unique("shared_wait")
+    limiter = RedisRateLimiter(
+        client, 1, period=10.0, max_wait=None, key="h", prefix=prefix, name=name, clock=clock
+    )
+
+    @limiter
+    def call() -> None:
+        return None
+
+    call()  # admitted at once: not observed
+    call()  # its permit is reserved ~10 s on (Redis time): slept, then observed
+    [waited] = [e.waited for e in events.of_type(RateLimitWaited)]
+    assert 9.0 < waited <= 10.0
+    buckets, count, total = histogram(registry, WAIT, name)
+    assert (buckets["5.0"], buckets["10.0"], buckets["+Inf"]) == (0, 1, 1)
+    assert (count, total) == (1, waited)
+
+
+async def test_a_shared_async_wait_is_observed_in_the_wait_histogram(
+    prefix: str, events: CapturingListener, registry: CollectorRegistry
+) -> None:
+    aclient = redis.asyncio.Redis.from_url(URL)
+    try:
+        await aclient.ping()
+    except redis.RedisError as exc:
+        need_server("Redis on 127.0.0.1:6379", exc)
+    clock = FakeClock()
+    name = unique("shared_wait_async")
+    limiter = RedisRateLimiter(
+        aclient, 1, period=10.0, max_wait=None, key="ha", prefix=prefix, name=name, clock=clock
+    )
+
+    @limiter
+    async def call() -> None:
+        return None
+
+    await call()
+    await call()
+    await aclient.aclose()
+    [waited] = [e.waited for e in events.of_type(RateLimitWaited)]
+    assert 9.0 < waited <= 10.0
+    buckets, count, total = histogram(registry, WAIT, name)
+    assert (buckets["5.0"], buckets["10.0"], buckets["+Inf"]) == (0, 1, 1)
+    assert (count, total) == (1, waited)
 
 
 def test_a_wait_longer_than_max_wait_is_rejected_and_takes_nothing(
@@ -445,3 +501,24 @@ def test_link_backs_off_and_grants_one_probe_at_a_time() -> None:
     assert link.may_try(7.0)
     link.failed(8.0)
     assert link.retry_at == 8.5  # a new outage starts from min_backoff again
+
+
+def test_the_fail_open_fallbacks_waits_are_observed_exactly(registry: CollectorRegistry) -> None:
+    clock = FakeClock()
+    name = unique("fallback_wait")
+    limiter = RedisRateLimiter.from_url(
+        f"redis://127.0.0.1:{free_port()}/0",
+        2,
+        key="fo",
+        max_wait=1.0,
+        timeout=0.05,
+        name=name,
+        clock=clock,
+    )
+    for _ in range(3):
+        limiter.acquire()  # Redis is unreachable: the local share, 2/s, so 0.5 s apart
+    assert clock.now() == 1.0
+    buckets, count, total = histogram(registry, WAIT, name)
+    assert (buckets["0.25"], buckets["0.5"], buckets["+Inf"]) == (0, 2, 2)
+    assert (count, total) == (2, 1.0)
+    limiter.close()

@@ -4,8 +4,9 @@ Three sources, none of which touches a metrics library while a call runs:
 
 - call counts and durations: the in-process histograms the policy wrappers fill
   (:mod:`resilience._core.telemetry`);
-- retries, give-ups, rejections, transitions, timeouts and fallbacks: one listener on the
-  event stream (events happen on failure paths only) counting into plain dicts;
+- retries, give-ups, rejections, transitions, timeouts, fallbacks and rate-limiter waits:
+  one listener on the event stream (events happen on failure and waiting paths only)
+  counting into plain dicts;
 - gauges (breaker state and rates, bulkhead usage, limiter permits, retry budget): the
   ``snapshot()`` of every registered policy, read when the scrape asks.
 
@@ -19,6 +20,7 @@ import bisect
 import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
@@ -26,6 +28,7 @@ from typing import Any, Final, Literal
 from ._core.events import EVENTS, CallRejected, Event, StateChanged
 from ._core.telemetry import CALL_OUTCOMES, POLICIES, QUICK_SLOT, SECONDS, STATS, SUM, TELEMETRY
 from .fallback import FallbackUsed
+from .rate_limit import RateLimitWaited
 from .retry import GiveUpReason, RetryGaveUp, RetryScheduled
 from .timeout import TimedOut
 
@@ -50,7 +53,7 @@ DURATION_BUCKETS: Final = tuple(2**b / 1e9 for b in range(_FIRST_SLOT, _LAST_SLO
 """Upper bounds of the call-duration buckets: powers of two nanoseconds, 131 µs to 34 s."""
 
 WAIT_BUCKETS: Final = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-"""Upper bounds of the rate-limiter wait buckets, in seconds."""
+"""Upper bounds of the rate-limiter wait buckets (time a call waited for a permit), in seconds."""
 
 Kind = Literal["counter", "gauge", "histogram"]
 Labels = tuple[str, ...]
@@ -105,14 +108,15 @@ class _Counters:
                     self._inc(self.budget, (policy,))
             elif isinstance(event, CallRejected):
                 self._inc(self.rejections, (policy, event.reason))
-                if event.reason == "rate_limited" and event.retry_after is not None:
-                    self._observe_wait((policy,), event.retry_after)
             elif isinstance(event, StateChanged):
                 self._inc(self.transitions, (policy, event.from_state, event.to_state))
             elif isinstance(event, TimedOut):
                 self._inc(self.timeouts, (policy,))
             elif isinstance(event, FallbackUsed):
                 self._inc(self.fallbacks, (policy,))
+            elif isinstance(event, RateLimitWaited):
+                # Only a call that waited publishes one: the admitted-at-once path pays nothing.
+                self._observe_wait((policy,), event.waited)
 
     def _observe_wait(self, key: Labels, seconds: float) -> None:
         h = self.waits.get(key)
@@ -202,7 +206,8 @@ def _waits(snaps: Snapshots) -> Family:
     fam = Family(
         "resilience_ratelimiter_wait_seconds",
         "histogram",
-        "Wait a rate-limited call was told to allow before a permit frees up (its retry_after).",
+        "Time a call waited for a rate-limiter permit before it was admitted "
+        "(calls admitted at once and rejected calls are not observed).",
         ("policy",),
         unit="seconds",
     )
@@ -229,7 +234,9 @@ def _counter(
 
 
 # -- gauges from snapshots ----------------------------------------------------------------------
-_failed_snapshots: set[int] = set()
+# Strategies whose snapshot() raised, logged once each (weakly: a new strategy at a
+# dropped one's address is logged too).
+_failed_snapshots: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 class Snapshots:
@@ -252,8 +259,8 @@ def _snapshots() -> Iterator[tuple[str, dict[str, Any]]]:
         try:
             snap = strategy.snapshot()
         except Exception:
-            if id(strategy) not in _failed_snapshots:
-                _failed_snapshots.add(id(strategy))
+            if strategy not in _failed_snapshots:
+                _failed_snapshots.add(strategy)
                 logger.exception("resilience: snapshot() of %r raised; it is skipped", strategy)
             continue
         yield from _walk(policy, snap)
