@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
 import resilience
-from resilience import Backoff, Pipeline, Retry, RetryBudget, Timeout, actuator
+from resilience import Backoff, CircuitBreaker, Pipeline, Retry, RetryBudget, Timeout, actuator
 from resilience.testing import FakeClock
 from telemetry_standins import Breaker, Bulkhead, unique
 
@@ -139,3 +140,27 @@ def test_wsgi_app_serves_status() -> None:
         response = client.get("/status")
     assert response.status_code == 200
     assert entries(response.json(), name)[0]["kind"] == "retry"
+
+
+def test_wall_time_dates_a_real_breakers_last_transition() -> None:
+    name = unique("dated")
+    breaker = CircuitBreaker(failure_threshold=1, name=name)
+
+    @breaker
+    def down() -> None:
+        raise ConnectionError("down")
+
+    before = time.time()
+    with pytest.raises(ConnectionError):
+        down()
+    after = time.time()
+    status = resilience.status()
+    [entry] = entries(status, name)
+    assert entry["state"] == "open"
+    age = entry["last_transition_age"]
+    assert isinstance(age, float)
+    assert age >= 0.0
+    opened_at = status["wall_time"] - age  # type: ignore[operator]
+    # The two clocks are read a few µs apart; 50 ms covers any scheduling in between.
+    assert before - 0.05 <= opened_at <= after + 0.05
+    assert status["now"] - age == pytest.approx(breaker._machine._last_transition)  # type: ignore[operator]

@@ -68,3 +68,27 @@ def test_the_dashboard_covers_states_rejections_retries_latency_and_saturation()
     for panel in json.loads(text)["panels"]:
         if panel["type"] != "row":
             assert panel["targets"], panel["title"]
+
+
+PERCENT_GAUGES = {
+    # 0-100, as CircuitBreaker.snapshot() reports them (tests/test_prometheus.py checks it)
+    "resilience_circuitbreaker_failure_rate",
+    "resilience_circuitbreaker_slow_call_rate",
+}
+
+
+def test_panels_plot_percent_gauges_in_percent_and_ratios_in_percentunit() -> None:
+    # Grafana's "percent" expects 0-100 and "percentunit" 0-1: a breaker's 50 % failure
+    # rate in a percentunit panel would read 5000 %.
+    checked = 0
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        exprs = list(expressions(panel.get("targets", [])))
+        unit = panel.get("fieldConfig", {}).get("defaults", {}).get("unit")
+        queried = {name for expr in exprs for name in METRIC.findall(expr)}
+        if queried & PERCENT_GAUGES:
+            assert unit == "percent", panel["title"]
+            checked += 1
+        if unit == "percentunit":  # only a ratio of two series is 0-1
+            assert all("/" in expr for expr in exprs), panel["title"]
+            assert not queried & PERCENT_GAUGES, panel["title"]
+    assert checked == 1

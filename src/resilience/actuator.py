@@ -26,6 +26,7 @@ import itertools
 import json
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from datetime import timedelta
@@ -156,7 +157,10 @@ def status(*, events: bool = True) -> dict[str, Any]:
     ``policies`` lists one entry per registered strategy, sorted by policy name, each its
     ``snapshot()`` plus ``policy``. ``events`` holds the events kept by
     :func:`record_events` (empty while it is off); ``now`` is the system clock's monotonic
-    time, to compare with the ``time`` of events published on that clock.
+    time, to compare with the ``time`` of events published on that clock, and
+    ``wall_time`` the wall clock's at the same moment (seconds since the epoch): an
+    event happened at ``wall_time - (now - event["time"])``, a breaker's last transition
+    at ``wall_time - last_transition_age``.
     """
     log = _log
     return {
@@ -164,6 +168,7 @@ def status(*, events: bool = True) -> dict[str, Any]:
         "events": log.events() if (events and log is not None) else [],
         "recording_events": log is not None,
         "now": SYSTEM_CLOCK.now(),
+        "wall_time": time.time(),
     }
 
 
