@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import gc
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -17,9 +21,22 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import resilience
 import resilience.otel
-from resilience import Backoff, Fallback, Pipeline, Retry, Timeout
+from resilience import (
+    Backoff,
+    Bulkhead,
+    CircuitBreaker,
+    Fallback,
+    Keyed,
+    Pipeline,
+    RateLimitedError,
+    RateLimiter,
+    Retry,
+    RetryBudget,
+    Timeout,
+    deadline,
+)
 from resilience._core.strategy import Scope
-from resilience._core.telemetry import TELEMETRY
+from resilience._core.telemetry import COUNT, COUNT_TIME, TELEMETRY
 from resilience.testing import FakeClock
 from telemetry_standins import Breaker, unique
 
@@ -201,9 +218,60 @@ def test_an_explicit_noop_provider_is_skipped() -> None:
         resilience.otel.disable()
 
 
-def test_metrics_instruments_mirror_the_counters() -> None:
+class Metrics:
+    """One collection of the SDK's in-memory reader: points by name and attributes."""
+
+    def __init__(self, reader: InMemoryMetricReader) -> None:
+        data = reader.get_metrics_data()
+        assert data is not None
+        self.points: dict[tuple[str, frozenset[tuple[str, Any]]], float] = {}
+        self.units: dict[str, str] = {}
+        for rm in data.resource_metrics:
+            for sm in rm.scope_metrics:
+                assert sm.scope.name == "resilience"
+                for metric in sm.metrics:
+                    self.units[metric.name] = metric.unit or ""
+                    for p in metric.data.data_points:
+                        key = (metric.name, frozenset((p.attributes or {}).items()))
+                        self.points[key] = p.value  # type: ignore[union-attr]
+
+    def __call__(self, metric: str, le: str | None = None, **attrs: str) -> float:
+        """The point of ``metric`` with exactly these ``resilience.*`` attributes."""
+        key = {(f"resilience.{k}", v) for k, v in attrs.items()}
+        if le is not None:
+            key.add(("le", le))
+        return self.points[(metric, frozenset(key))]
+
+    def series(self, metric: str, policy: str) -> list[tuple[str, float]]:
+        """``(le, count)`` of one policy's buckets, in bound order."""
+        out = [
+            (dict(attrs)["le"], value)
+            for (name, attrs), value in self.points.items()
+            if name == metric and ("resilience.policy", policy) in attrs
+        ]
+        return sorted(out, key=lambda item: float(item[0].replace("+Inf", "inf")))
+
+
+def meter_provider(reader: InMemoryMetricReader) -> MeterProvider:
+    # Every policy of the test session has its 20 duration buckets: more series than the
+    # SDK's default limit of 2000 per instrument, past which it folds them into one.
+    limit = View(instrument_name="resilience.*", aggregation_cardinality_limit=1_000_000)
+    return MeterProvider(metric_readers=[reader], views=[limit])
+
+
+@pytest.fixture
+def collect() -> Iterator[Callable[[], Metrics]]:
     reader = InMemoryMetricReader()
-    provider = MeterProvider(metric_readers=[reader])
+    provider = meter_provider(reader)
+    resilience.otel.enable(tracing=False, metrics=True, meter_provider=provider)
+    try:
+        yield lambda: Metrics(reader)
+    finally:
+        resilience.otel.disable()
+        provider.shutdown()
+
+
+def test_metrics_instruments_mirror_the_counters(collect: Callable[[], Metrics]) -> None:
     name = unique("otel_metrics")
     clock = FakeClock()
 
@@ -213,32 +281,366 @@ def test_metrics_instruments_mirror_the_counters() -> None:
             raise OSError("x")
         return 1
 
-    resilience.otel.enable(tracing=False, metrics=True, meter_provider=provider)
-    try:
-        flaky(False)
-        flaky(False)
-        with pytest.raises(OSError):
-            flaky(True)
-        data = reader.get_metrics_data()
-    finally:
-        resilience.otel.disable()
-        provider.shutdown()
-    assert data is not None
-    points: dict[tuple[str, frozenset[tuple[str, Any]]], float] = {}
-    for rm in data.resource_metrics:
-        for sm in rm.scope_metrics:
-            assert sm.scope.name == "resilience"
-            for metric in sm.metrics:
-                for p in metric.data.data_points:
-                    points[(metric.name, frozenset((p.attributes or {}).items()))] = p.value  # type: ignore[union-attr]
-
-    def point(metric: str, **attrs: str) -> float:
-        return points[(metric, frozenset((f"resilience.{k}", v) for k, v in attrs.items()))]
-
+    flaky(False)
+    flaky(False)
+    with pytest.raises(OSError):
+        flaky(True)
+    point = collect()
     assert point("resilience.calls", policy=name, strategy="retry", outcome="success") == 2
     assert point("resilience.calls", policy=name, strategy="retry", outcome="unknown_failure") == 1
     assert point("resilience.retry.attempts", policy=name) == 2
     assert point("resilience.retry.gave_up", policy=name, reason="attempts") == 1
+
+
+def test_call_durations_are_mirrored_as_bucket_sum_and_count_counters(
+    collect: Callable[[], Metrics],
+) -> None:
+    clock = FakeClock()
+    name = unique("durations")
+    plan: list[tuple[float, bool]] = []
+
+    @Retry(on=OSError, attempts=2, backoff=Backoff.constant(0.25), clock=clock, name=name)
+    def work() -> str:
+        seconds, fail = plan.pop(0)
+        clock.advance(seconds)
+        if fail:
+            raise OSError("reset")
+        return "ok"
+
+    plan[:] = [(0.125, False)]
+    work()  # 0.125 s
+    plan[:] = [(0.125, True), (0.125, False)]
+    work()  # 0.125 + 0.25 backoff + 0.125 = 0.5 s
+    plan[:] = [(1.5, True), (0.0, True)]
+    with pytest.raises(OSError):
+        work()  # 1.5 + 0.25 = 1.75 s, then it gives up
+    plan[:] = [(40.0, False)]
+    work()  # 40 s: past the last bound (2**35 ns, 34 s), only in +Inf
+
+    m = collect()
+    assert m.units["resilience.call.duration.bucket"] == "{call}"
+    assert m.units["resilience.call.duration.sum"] == "s"
+    assert m.units["resilience.call.duration.count"] == "{call}"
+    assert m("resilience.call.duration.count", policy=name) == 4
+    assert m("resilience.call.duration.sum", policy=name) == 42.375
+    # Powers of two nanoseconds, as Prometheus' le labels; cumulative, as Prometheus'.
+    # 0.125 s is below 2**27 ns, 0.5 s below 2**29 ns, 1.75 s below 2**31 ns.
+    expected = [(repr(2**b / 1e9), 0) for b in range(17, 27)]
+    expected += [("0.134217728", 1), ("0.268435456", 1), ("0.536870912", 2)]
+    expected += [("1.073741824", 2), ("2.147483648", 3), ("4.294967296", 3)]
+    expected += [(repr(2**b / 1e9), 3) for b in range(33, 36)] + [("+Inf", 4)]
+    assert expected[0] == ("0.000131072", 0)
+    assert m.series("resilience.call.duration.bucket", name) == expected
+
+
+def test_durations_off_counts_calls_and_leaves_the_duration_buckets_empty() -> None:
+    reader = InMemoryMetricReader()
+    provider = meter_provider(reader)
+    clock = FakeClock()
+    name = unique("untimed")
+
+    @Timeout(5.0, clock=clock, name=name)
+    def work() -> int:
+        clock.advance(0.5)
+        return 1
+
+    resilience.otel.enable(tracing=False, metrics=True, durations=False, meter_provider=provider)
+    try:
+        assert TELEMETRY.mode == COUNT  # no clock read per call
+        work()
+        m = Metrics(reader)
+    finally:
+        resilience.otel.disable()
+        provider.shutdown()
+    assert TELEMETRY.mode == 0
+    assert m("resilience.calls", policy=name, strategy="timeout", outcome="success") == 1
+    assert m("resilience.call.duration.count", policy=name) == 0
+    assert m("resilience.call.duration.sum", policy=name) == 0
+    assert m("resilience.call.duration.bucket", le="+Inf", policy=name) == 0
+
+
+def test_metrics_time_calls_by_default_and_disable_stops_it() -> None:
+    provider = meter_provider(InMemoryMetricReader())
+    resilience.otel.enable(tracing=False, metrics=True, meter_provider=provider)
+    try:
+        assert TELEMETRY.mode == COUNT_TIME
+    finally:
+        resilience.otel.disable()
+        provider.shutdown()
+    assert TELEMETRY.mode == 0
+
+
+def test_each_new_meter_provider_gets_instruments_and_a_dropped_one_is_let_go() -> None:
+    # Providers made and dropped one after another often reuse the same address, which
+    # once made a new provider look like one that already had the instruments.
+    name = unique("fresh")
+
+    @Retry(on=OSError, name=name)
+    def ok() -> int:
+        return 1
+
+    for calls in range(1, 41):
+        reader = InMemoryMetricReader()
+        provider = meter_provider(reader)
+        resilience.otel.enable(tracing=False, metrics=True, meter_provider=provider)
+        try:
+            ok()
+            m = Metrics(reader)
+        finally:
+            resilience.otel.disable()
+            provider.shutdown()
+        assert m("resilience.calls", policy=name, strategy="retry", outcome="success") == calls
+        # Nothing keeps a provider alive once its user drops it.
+        gone = weakref.ref(provider)
+        del provider, reader, m
+        gc.collect()
+        assert gone() is None
+
+
+def test_only_the_provider_enabled_last_reports() -> None:
+    name = unique("moved")
+
+    @Retry(on=OSError, name=name)
+    def ok() -> int:
+        return 1
+
+    first, second = InMemoryMetricReader(), InMemoryMetricReader()
+    providers = [meter_provider(first), meter_provider(second)]
+    try:
+        resilience.otel.enable(tracing=False, metrics=True, meter_provider=providers[0])
+        ok()
+        assert (
+            Metrics(first)("resilience.calls", policy=name, strategy="retry", outcome="success")
+            == 1
+        )
+        resilience.otel.enable(tracing=False, metrics=True, meter_provider=providers[1])
+        assert first.get_metrics_data() is None  # its instruments stay, but report nothing
+        assert (
+            Metrics(second)("resilience.calls", policy=name, strategy="retry", outcome="success")
+            == 1
+        )
+        resilience.otel.enable(tracing=False, metrics=True, meter_provider=providers[0])
+        assert second.get_metrics_data() is None
+        assert (
+            Metrics(first)("resilience.calls", policy=name, strategy="retry", outcome="success")
+            == 1
+        )
+    finally:
+        resilience.otel.disable()
+        for provider in providers:
+            provider.shutdown()
+
+
+def test_ratelimiter_waits_are_mirrored(collect: Callable[[], Metrics]) -> None:
+    clock = FakeClock()
+    name = unique("limited")
+    limiter = RateLimiter(1, period=1.0, max_wait=None, clock=clock)
+
+    @Pipeline(limiter, name=name)
+    def take() -> int:
+        return 1
+
+    assert take() == 1  # the one permit of the first second
+    m = collect()
+    assert m("resilience.ratelimiter.available_permits", policy=name) == 0
+    # One call refused (its deadline is nearer than the permit, 1 s away: retry_after 1 s)
+    # and one call that waited 1 s for its permit: either is one wait of 1 s.
+    with deadline(0.5, clock=clock), pytest.raises(RateLimitedError) as refused:
+        take()
+    assert refused.value.retry_after == 1.0
+    assert take() == 1
+    assert clock.now() == 1.0
+    clock.advance(0.5)  # the next permit is due at 2 s: half of it has refilled
+
+    m = collect()
+    assert m.units["resilience.ratelimiter.wait.sum"] == "s"
+    assert m("resilience.ratelimiter.wait.count", policy=name) == 1
+    assert m("resilience.ratelimiter.wait.sum", policy=name) == 1.0
+    assert m.series("resilience.ratelimiter.wait.bucket", name) == [
+        ("0.001", 0),
+        ("0.005", 0),
+        ("0.01", 0),
+        ("0.05", 0),
+        ("0.1", 0),
+        ("0.25", 0),
+        ("0.5", 0),
+        ("1.0", 1),
+        ("2.5", 1),
+        ("5.0", 1),
+        ("10.0", 1),
+        ("30.0", 1),
+        ("60.0", 1),
+        ("+Inf", 1),
+    ]
+    assert m("resilience.ratelimiter.available_permits", policy=name) == 0.5
+    assert m("resilience.rejections", policy=name, reason="rate_limited") == 1
+
+
+def test_histograms_match_the_prometheus_exposition(collect: Callable[[], Metrics]) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    import resilience.prometheus
+
+    clock = FakeClock()
+    name = unique("both_exporters")
+    limiter = RateLimiter(2, period=1.0, max_wait=0.75, clock=clock)
+
+    @Pipeline(Timeout(10.0, clock=clock), limiter, name=name)
+    def work(seconds: float) -> None:
+        clock.advance(seconds)
+
+    registry = CollectorRegistry()
+    resilience.prometheus.enable(registry)
+    try:
+        for seconds in (0.001, 0.25, 3.0, 0.0, 0.0, 0.0):
+            with contextlib.suppress(RateLimitedError):
+                work(seconds)
+        with deadline(0.1, clock=clock), contextlib.suppress(RateLimitedError):
+            work(0.0)
+        text = generate_latest(registry).decode()
+        m = collect()
+    finally:
+        resilience.prometheus.disable(registry)
+    compared = 0
+    for family in text_string_to_metric_families(text):
+        otel = {
+            "resilience_call_duration_seconds": "resilience.call.duration",
+            "resilience_ratelimiter_wait_seconds": "resilience.ratelimiter.wait",
+        }.get(family.name)
+        if otel is None:
+            continue
+        for s in family.samples:
+            if s.labels["policy"] != name:
+                continue
+            labels = {k: v for k, v in s.labels.items() if k != "le"}
+            part = s.name.rsplit("_", 1)[1]
+            if part == "bucket":
+                assert m(f"{otel}.bucket", le=s.labels["le"], **labels) == s.value, s
+            elif part in ("sum", "count"):
+                assert m(f"{otel}.{part}", **labels) == s.value, s
+            else:
+                continue
+            compared += 1
+    assert compared == (20 + 2) + (14 + 2)
+    assert m("resilience.call.duration.count", policy=name) == 7
+
+
+def test_gauges_read_a_real_circuit_breaker(collect: Callable[[], Metrics]) -> None:
+    clock = FakeClock()
+    name = unique("breaker")
+    breaker = CircuitBreaker(
+        failure_threshold=None,
+        failure_rate_threshold=50.0,
+        window_size=4,
+        minimum_calls=4,
+        slow_call_duration=1.0,
+        slow_call_rate_threshold=100.0,
+        open_duration=30.0,
+        name=name,
+        clock=clock,
+    )
+
+    @breaker
+    def call(seconds: float, fail: bool) -> None:
+        clock.advance(seconds)
+        if fail:
+            raise OSError("down")
+
+    def states(m: Metrics) -> dict[str, float]:
+        return {
+            s: m("resilience.circuitbreaker.state", policy=name, state=s)
+            for s in ("closed", "open", "half_open", "forced_open", "disabled", "metrics_only")
+        }
+
+    m = collect()
+    assert m.units["resilience.circuitbreaker.failure_rate"] == "%"
+    assert m.units["resilience.circuitbreaker.slow_call_rate"] == "%"
+    assert states(m) == {**dict.fromkeys(states(m), 0.0), "closed": 1.0}
+    assert m("resilience.circuitbreaker.failure_rate", policy=name) == 0.0
+
+    call(0.0, False)
+    call(1.0, False)  # slow
+    with pytest.raises(OSError):
+        call(0.0, True)
+    call(0.0, False)
+    m = collect()
+    assert states(m)["closed"] == 1.0
+    # Percent, 0-100: one failed and one slow call of the four in the window.
+    assert m("resilience.circuitbreaker.failure_rate", policy=name) == 25.0
+    assert m("resilience.circuitbreaker.slow_call_rate", policy=name) == 25.0
+
+    with pytest.raises(OSError):
+        call(0.0, True)  # [slow, failed, ok, failed]: 50 % failed, the breaker opens
+    m = collect()
+    assert states(m) == {**dict.fromkeys(states(m), 0.0), "open": 1.0}
+    assert m("resilience.circuitbreaker.failure_rate", policy=name) == 50.0
+    assert m("resilience.circuitbreaker.slow_call_rate", policy=name) == 25.0
+    moves = "resilience.circuitbreaker.transitions"
+    assert m(moves, policy=name, from_state="closed", to_state="open") == 1
+
+    clock.advance(30.0)  # the open duration is over: the next read finds it half-open
+    m = collect()
+    assert states(m) == {**dict.fromkeys(states(m), 0.0), "half_open": 1.0}
+    assert m(moves, policy=name, from_state="open", to_state="half_open") == 1
+
+    breaker.isolate()
+    m = collect()
+    assert states(m) == {**dict.fromkeys(states(m), 0.0), "forced_open": 1.0}
+
+
+async def test_gauges_read_a_real_bulkhead(collect: Callable[[], Metrics]) -> None:
+    clock = FakeClock()
+    name = unique("bulkhead")
+    bulkhead = Bulkhead(2, max_queued=3, clock=clock)
+    release = asyncio.Event()
+
+    @Pipeline(bulkhead, name=name)
+    async def hold() -> None:
+        await release.wait()
+
+    def usage(m: Metrics) -> tuple[float, float, float]:
+        return (
+            m("resilience.bulkhead.in_flight", policy=name),
+            m("resilience.bulkhead.queued", policy=name),
+            m("resilience.bulkhead.max_concurrent", policy=name),
+        )
+
+    assert usage(collect()) == (0, 0, 2)
+    tasks = [asyncio.create_task(hold()) for _ in range(4)]
+    for _ in range(100):
+        if bulkhead.queued == 2:
+            break
+        await asyncio.sleep(0)
+    assert usage(collect()) == (2, 2, 2)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert usage(collect()) == (0, 0, 2)
+
+
+def test_gauges_read_a_real_retry_budget_and_keyed_policy(
+    collect: Callable[[], Metrics],
+) -> None:
+    clock = FakeClock()
+    budget_name, keyed_name = unique("budget"), unique("keyed")
+    budget = RetryBudget(ratio=0.0, min_per_second=0.0, clock=clock)
+
+    @Retry(on=OSError, budget=budget, clock=clock, name=budget_name)
+    def fail() -> None:
+        raise OSError("down")
+
+    @Keyed(lambda tenant: Bulkhead(1, clock=clock), key=lambda tenant: tenant, name=keyed_name)
+    def serve(tenant: str) -> str:
+        return tenant
+
+    with pytest.raises(OSError):
+        fail()
+    for tenant in ("a", "b", "c", "a"):
+        serve(tenant)
+    m = collect()
+    assert m("resilience.retry.budget_available", policy=budget_name) == 0
+    assert m("resilience.retry.budget_exhausted", policy=budget_name) == 1
+    assert m("resilience.keyed.keys", policy=keyed_name) == 3
 
 
 async def test_spans_and_metrics_together(exporter: InMemorySpanExporter) -> None:
@@ -300,5 +702,15 @@ def test_http_attempts_follow_the_http_client_conventions(
     attempts = [a for n, a in events(span) if n == "resilience.http.attempt"]
     assert [a["http.request.resend_count"] for a in attempts] == [0, 1, 2]
     assert [a.get("http.response.status_code") for a in attempts] == [503, 503, 200]
-    assert attempts[0]["error.type"] == "503"
+    assert attempts[0] == {
+        "resilience.policy": "catalog-http",
+        "resilience.strategy": "http",
+        "http.request.method": "GET",
+        "server.address": "catalog.internal",
+        "server.port": 8080,
+        "http.request.resend_count": 0,
+        "http.response.status_code": 503,
+        "error.type": "503",
+    }
+    assert "error.type" not in attempts[2]
     assert all("secret" not in str(v) for a in attempts for v in a.values())

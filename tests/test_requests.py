@@ -347,3 +347,36 @@ def test_attempts_carry_the_resend_count_and_no_url(
     ]
     assert attempts[0].server_port == server.port
     assert all("secret" not in repr(a) and "private" not in repr(a) for a in attempts)
+
+
+def test_otel_spans_follow_the_http_client_conventions(server: FaultServer, sessions: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    import resilience.otel
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    server.script("/items", reply(503), reply(503), reply(200, b"ok"))
+    session = sessions(attempts=3, name="catalog-requests")
+    resilience.otel.enable(provider)
+    try:
+        with no_wait():
+            response = session.get(server.url("/items?secret=1"))
+    finally:
+        resilience.otel.disable()
+        provider.shutdown()
+    assert response.status_code == 200
+    [span] = [s for s in exporter.get_finished_spans() if s.name == "catalog-requests"]
+    assert span.attributes is not None
+    assert span.attributes["http.request.resend_count"] == 2
+    attempts = [
+        dict(e.attributes or {}) for e in span.events if e.name == "resilience.http.attempt"
+    ]
+    assert [a["http.request.resend_count"] for a in attempts] == [0, 1, 2]
+    assert [a.get("http.response.status_code") for a in attempts] == [503, 503, 200]
+    assert attempts[0]["error.type"] == "503"
+    assert {a["server.address"] for a in attempts} == {"127.0.0.1"}
+    assert all("secret" not in str(v) for a in attempts for v in a.values())

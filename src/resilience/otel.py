@@ -18,13 +18,20 @@ real tracer provider is configured no span work is done at all. The provider is
 re-checked per call by identity, so configuring one later makes spans appear without
 enabling again.
 
+With ``metrics=True`` the Prometheus metric set is mirrored by observable instruments,
+read at collection time from the same in-process numbers; nothing of the metrics API is
+called while a call runs. Its two histograms become three observable counters each
+(``.bucket`` with an ``le`` attribute, ``.sum``, ``.count``): see :data:`_HISTOGRAMS`.
+
 Only ``opentelemetry-api`` is needed (the ``otel`` extra); the SDK is the application's
 choice.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from contextvars import Token
 from typing import Any, Final, cast
@@ -189,8 +196,9 @@ _INSTRUMENTS: Final = {
         "resilience.circuitbreaker.transitions",
         "{transition}",
     ),
-    "resilience_circuitbreaker_failure_rate": ("resilience.circuitbreaker.failure_rate", "1"),
-    "resilience_circuitbreaker_slow_call_rate": ("resilience.circuitbreaker.slow_call_rate", "1"),
+    # Percent, 0-100, as the breaker's snapshot and failure_rate_threshold have them.
+    "resilience_circuitbreaker_failure_rate": ("resilience.circuitbreaker.failure_rate", "%"),
+    "resilience_circuitbreaker_slow_call_rate": ("resilience.circuitbreaker.slow_call_rate", "%"),
     "resilience_bulkhead_in_flight": ("resilience.bulkhead.in_flight", "{call}"),
     "resilience_bulkhead_queued": ("resilience.bulkhead.queued", "{call}"),
     "resilience_bulkhead_max_concurrent": ("resilience.bulkhead.max_concurrent", "{call}"),
@@ -203,8 +211,18 @@ _INSTRUMENTS: Final = {
     "resilience_timeouts": ("resilience.timeouts", "{call}"),
     "resilience_fallbacks": ("resilience.fallbacks", "{call}"),
 }
-"""Every counter and gauge of the Prometheus set. The two histograms are not mirrored:
-the metrics API has no way to report buckets counted elsewhere."""
+"""Every counter and gauge of the Prometheus set."""
+
+_HISTOGRAMS: Final = {
+    # Prometheus histogram -> (OTel name prefix, unit of its counts)
+    "resilience_call_duration_seconds": ("resilience.call.duration", "{call}"),
+    "resilience_ratelimiter_wait_seconds": ("resilience.ratelimiter.wait", "{call}"),
+}
+"""The two histograms of the Prometheus set, each mirrored by three observable counters:
+``<prefix>.bucket`` (cumulative counts with an ``le`` attribute), ``<prefix>.sum`` (in
+seconds) and ``<prefix>.count``. The metrics API has no observable histogram, and its
+``Histogram`` takes one ``record()`` per value: buckets already counted in process can
+only be reported as counters, read at collection time like every other instrument."""
 
 
 class _State:
@@ -212,15 +230,20 @@ class _State:
         self.lock = threading.Lock()
         self.tracing: _Tracing | None = None
         self.metrics = False
-        self.meters: set[int] = set()
+        self.durations = False
+        # Each provider instruments were created on, with the token its callbacks carry.
+        # Weak: a provider that is dropped goes, and a new one at its address is new.
+        self.meters: weakref.WeakKeyDictionary[MeterProvider, object] = weakref.WeakKeyDictionary()
+        # The token of the provider enable() last reported to; None when disabled.
+        self.reporting: object | None = None
 
 
 _state = _State()
 
 
-def _callback(family: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+def _callback(family: str, token: object) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def observe(options: CallbackOptions) -> Iterable[Observation]:
-        if not _state.metrics:
+        if _state.reporting is not token:
             return []
         fam = _metrics.read(family)
         keys = tuple(f"resilience.{label}" for label in fam.labels)
@@ -232,11 +255,41 @@ def _callback(family: str) -> Callable[[CallbackOptions], Iterable[Observation]]
     return observe
 
 
-def _create_instruments(meter_provider: MeterProvider | None) -> None:
+def _le(bound: float) -> str:
+    # The bound as Prometheus writes its ``le`` label, so queries carry over.
+    return "+Inf" if math.isinf(bound) else repr(bound)
+
+
+def _histogram_callback(
+    family: str, part: str, token: object
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(options: CallbackOptions) -> Iterable[Observation]:
+        if _state.reporting is not token:
+            return []
+        # Whatever source the Prometheus family reads, this reads too.
+        fam = _metrics.read(family)
+        keys = tuple(f"resilience.{label}" for label in fam.labels)
+        out: list[Observation] = []
+        for labels, (buckets, total) in fam.histograms:
+            attrs = dict(zip(keys, labels, strict=True))
+            if part == "bucket":
+                out.extend(Observation(n, {**attrs, "le": _le(b)}) for b, n in buckets)
+            elif part == "sum":
+                out.append(Observation(total, attrs))
+            else:
+                out.append(Observation(buckets[-1][1], attrs))  # the +Inf bucket
+        return out
+
+    return observe
+
+
+def _create_instruments(meter_provider: MeterProvider | None) -> object:
+    """The token of ``meter_provider``'s instruments, creating them on first use."""
     provider = meter_provider if meter_provider is not None else get_meter_provider()
-    if id(provider) in _state.meters:
-        return  # instruments cannot be removed; the callbacks go quiet on disable()
-    _state.meters.add(id(provider))
+    token = _state.meters.get(provider)
+    if token is not None:
+        return token  # instruments cannot be removed; their callbacks go quiet instead
+    token = _state.meters[provider] = object()
     meter = provider.get_meter(LIBRARY_NAME, __version__)
     for family, (name, unit) in _INSTRUMENTS.items():
         fam = _metrics.read(family)
@@ -245,7 +298,28 @@ def _create_instruments(meter_provider: MeterProvider | None) -> None:
             if fam.kind == "counter"
             else meter.create_observable_gauge
         )
-        create(name, callbacks=[_callback(family)], unit=unit, description=fam.help)
+        create(name, callbacks=[_callback(family, token)], unit=unit, description=fam.help)
+    for family, (prefix, unit) in _HISTOGRAMS.items():
+        fam = _metrics.read(family)
+        meter.create_observable_counter(
+            f"{prefix}.bucket",
+            callbacks=[_histogram_callback(family, "bucket", token)],
+            unit=unit,
+            description=f"{fam.help} Cumulative count at or below the bound le.",
+        )
+        meter.create_observable_counter(
+            f"{prefix}.sum",
+            callbacks=[_histogram_callback(family, "sum", token)],
+            unit="s",
+            description=f"{fam.help} Sum in seconds.",
+        )
+        meter.create_observable_counter(
+            f"{prefix}.count",
+            callbacks=[_histogram_callback(family, "count", token)],
+            unit=unit,
+            description=f"{fam.help} Count.",
+        )
+    return token
 
 
 def enable(
@@ -254,15 +328,20 @@ def enable(
     tracing: bool = True,
     metrics: bool = False,
     meter_provider: MeterProvider | None = None,
+    durations: bool = True,
 ) -> None:
-    """Trace every decorated policy (and with ``metrics=True`` report its counters too).
+    """Trace every decorated policy (and with ``metrics=True`` report its metrics too).
 
     Parameters:
         tracer_provider: the provider to get the tracer from; default: the global one,
             looked up per call so that a provider configured later is picked up.
         tracing: open one span per call; default ``True``.
-        metrics: create observable instruments mirroring the Prometheus counters and
-            gauges on ``meter_provider`` (default: the global meter provider).
+        metrics: create observable instruments mirroring the Prometheus metric set on
+            ``meter_provider`` (default: the global meter provider), read at collection
+            time.
+        durations: with ``metrics``, time each call for ``resilience.call.duration.*``
+            (two clock reads per call, as the Prometheus exporter's default); ``False``
+            counts calls only and leaves the duration buckets empty.
 
     Enabling again replaces the previous configuration.
     """
@@ -275,9 +354,11 @@ def enable(
             TELEMETRY.set_observer(_state.tracing)
             EVENTS.subscribe(_span_events)
         if metrics:
-            _create_instruments(meter_provider)
-            _metrics.enable(durations=False)
+            token = _create_instruments(meter_provider)
+            _metrics.enable(durations=durations)
             _state.metrics = True
+            _state.reporting = token
+            _state.durations = durations
 
 
 def _disable_locked() -> None:
@@ -287,7 +368,8 @@ def _disable_locked() -> None:
         _state.tracing = None
     if _state.metrics:
         _state.metrics = False
-        _metrics.disable(durations=False)
+        _state.reporting = None
+        _metrics.disable(durations=_state.durations)
 
 
 def disable() -> None:
