@@ -10,7 +10,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
+$(STAMP): $(PY) pyproject.toml hatch_build.py src/resilience/_speedups.c
 	$(PY) -m pip install --quiet -e ".[all,dev,bench]"
 	touch $(STAMP)
 
@@ -37,3 +37,4 @@ docs: $(STAMP)
 
 clean:
 	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache
+	rm -f src/resilience/_speedups.*.so src/resilience/_speedups.*.pyd

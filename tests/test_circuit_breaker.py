@@ -880,6 +880,35 @@ def test_policy_defaults_to_the_function_name(clock: FakeClock, events: Capturin
     assert events.of_type(CircuitStateChanged)[-1].policy == changed.policy
 
 
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_member_of_a_pipeline_tells_every_transition_under_the_pipelines_name(
+    clock: FakeClock, events: CapturingListener, is_async: bool
+) -> None:
+    b = CircuitBreaker(failure_threshold=1, open_duration=5.0, clock=clock)
+    policy = Pipeline(Retry(on=KeyError, attempts=1), b, name="orders")
+
+    def lookup() -> None:
+        raise Boom
+
+    async def alookup() -> None:
+        raise Boom
+
+    if is_async:
+        with pytest.raises(Boom):
+            asyncio.run(policy(alookup)())
+    else:
+        with pytest.raises(Boom):
+            policy(lookup)()
+    clock.advance(5.0)
+    assert b.state is CircuitState.HALF_OPEN  # found on a read, not by a call
+    b.isolate()  # a manual change
+    assert [(e.policy, e.to_state) for e in events.of_type(CircuitStateChanged)] == [
+        ("orders", "open"),
+        ("orders", "half_open"),
+        ("orders", "forced_open"),
+    ]
+
+
 def test_with_block_and_call(clock: FakeClock) -> None:
     b = breaker(clock, failure_threshold=1)
     with b as entered:

@@ -52,10 +52,10 @@ from ._core.telemetry import (
     COUNT_TIME,
     NEVER,
     NEVER_STATS,
-    QUICK,
     PolicyGate,
     unfailed,
     unobserved,
+    untimed,
 )
 
 __all__ = [
@@ -977,11 +977,11 @@ class CircuitBreaker(GatedStrategy):
         """The scope of events not caused by a call: the first one it was used in."""
         return self._home or Scope(self.name or self.kind, self.kind)
 
-    def _scope_for(self, fn: Callable[..., Any]) -> Scope:
-        scope = super()._scope_for(fn)
+    def _adopt(self, scope: Scope) -> None:
+        """Take ``scope`` as the home scope if there is none yet: the scope of the first
+        function wrapped, directly or as a member of a pipeline (whose name it takes)."""
         if self._home is None:
             self._home = scope
-        return scope
 
     def _emit(self, t: _Transition, scope: Scope) -> None:
         if EVENTS.wants(scope.policy):
@@ -1062,6 +1062,7 @@ class CircuitBreaker(GatedStrategy):
         )
 
     def _sync_driver(self, fn: AnyCallable, scope: Scope, gate: PolicyGate | None) -> AnyCallable:
+        self._adopt(scope)
         m = self._machine
         acquire, on_success, on_failure, release = m.acquire, m.on_success, m.on_failure, m.release
         on_result = m.on_result if self._classifies_results() else None
@@ -1069,12 +1070,14 @@ class CircuitBreaker(GatedStrategy):
         timed = self._timed()
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
-        stats, clock_now = NEVER_STATS, now  # the policy's counters and clock
+        stats, begin = NEVER_STATS, now  # the policy's counters, and its start of a call
+        record: Callable[[float], None] = untimed
         failure: Callable[[BaseException, float | None], None] = unfailed
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_sync(self._sync_driver(fn, scope, None))
-            stats, clock_now, failure = gate.tally()
+            stats, _, failure = gate.tally()
+            begin, record = gate.timer()
 
         def recorded(err: CircuitOpenError, t0: float | None) -> CircuitOpenError:
             failure(err, t0)
@@ -1089,7 +1092,7 @@ class CircuitBreaker(GatedStrategy):
             if mode:
                 # Metrics are served in this frame (no observer frame).
                 if mode == COUNT_TIME:
-                    t0: float | None = clock_now()
+                    t0: float | None = begin()
                 elif mode == COUNT:
                     t0 = None
                 else:  # tracing, or a result classifier
@@ -1127,12 +1130,7 @@ class CircuitBreaker(GatedStrategy):
                 if t0 is None:
                     stats.ok_untimed += 1
                 else:
-                    d = clock_now() - t0
-                    if d < QUICK:
-                        stats.ok_quick += 1.0
-                    else:
-                        stats.slower(d)
-                    stats.ok_seconds += d
+                    record(t0)
             if timed:
                 end = now()
                 if on_result is None:
@@ -1154,6 +1152,7 @@ class CircuitBreaker(GatedStrategy):
     def _async_driver(
         self, fn: AsyncCallable, scope: Scope, gate: PolicyGate | None
     ) -> AsyncCallable:
+        self._adopt(scope)
         m = self._machine
         acquire, on_success, on_failure, release = m.acquire, m.on_success, m.on_failure, m.release
         on_result = m.on_result if self._classifies_results() else None
@@ -1161,12 +1160,14 @@ class CircuitBreaker(GatedStrategy):
         timed = self._timed()
         switch = NEVER
         observed: Callable[[Any, Any], Any] = unobserved
-        stats, clock_now = NEVER_STATS, now  # the policy's counters and clock
+        stats, begin = NEVER_STATS, now  # the policy's counters, and its start of a call
+        record: Callable[[float], None] = untimed
         failure: Callable[[BaseException, float | None], None] = unfailed
         if gate is not None:
             switch = gate.switch
             observed = gate.observe_async(self._async_driver(fn, scope, None))
-            stats, clock_now, failure = gate.tally()
+            stats, _, failure = gate.tally()
+            begin, record = gate.timer()
 
         def recorded(err: CircuitOpenError, t0: float | None) -> CircuitOpenError:
             failure(err, t0)
@@ -1181,7 +1182,7 @@ class CircuitBreaker(GatedStrategy):
             if mode:
                 # Metrics are served in this frame (no observer frame).
                 if mode == COUNT_TIME:
-                    t0: float | None = clock_now()
+                    t0: float | None = begin()
                 elif mode == COUNT:
                     t0 = None
                 else:  # tracing, or a result classifier
@@ -1219,12 +1220,7 @@ class CircuitBreaker(GatedStrategy):
                 if t0 is None:
                     stats.ok_untimed += 1
                 else:
-                    d = clock_now() - t0
-                    if d < QUICK:
-                        stats.ok_quick += 1.0
-                    else:
-                        stats.slower(d)
-                    stats.ok_seconds += d
+                    record(t0)
             if timed:
                 end = now()
                 if on_result is None:

@@ -29,7 +29,7 @@ from ._core.events import EVENTS, Event, Severity
 from ._core.options import exception_matcher, to_float, to_int, to_seconds
 from ._core.outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
 from ._core.strategy import AnyCallable, AsyncCallable, GatedStrategy, Scope
-from ._core.telemetry import COUNT, COUNT_TIME, NEVER, QUICK, PolicyGate, unobserved
+from ._core.telemetry import COUNT, COUNT_TIME, NEVER, PolicyGate, unobserved
 from .backoff import AttemptInfo, Backoff, Schedule
 
 __all__ = [
@@ -418,7 +418,8 @@ class Retry(GatedStrategy):
                 return retry_fast
             # The policy's outermost closure: the same, with the gate. What only tracing
             # and failures use is in one free variable (each is copied into every frame).
-            stats, now, failure = gate.tally()
+            stats, _, failure = gate.tally()
+            start, record = gate.timer()
             slow = (observed, failure)
 
             def retry_fast_policy(*args: Any, **kwargs: Any) -> Any:
@@ -426,7 +427,7 @@ class Retry(GatedStrategy):
                 if mode:
                     # Metrics are served in this frame (no observer frame).
                     if mode == COUNT_TIME:
-                        t0: float | None = now()
+                        t0: float | None = start()
                     elif mode == COUNT:
                         t0 = None
                     else:  # tracing, or a result classifier
@@ -442,12 +443,7 @@ class Retry(GatedStrategy):
                         if t0 is None:
                             stats.ok_untimed += 1
                             return result
-                        d = now() - t0
-                        if d < QUICK:
-                            stats.ok_quick += 1.0
-                        else:
-                            stats.slower(d)
-                        stats.ok_seconds += d
+                        record(t0)
                         return result
                     try:
                         result = again(args, kwargs, _RetryCall(retry, scope, None), error, None)
@@ -457,12 +453,7 @@ class Retry(GatedStrategy):
                     if t0 is None:
                         stats.ok_untimed += 1
                         return result
-                    d = now() - t0
-                    if d < QUICK:
-                        stats.ok_quick += 1.0
-                    else:
-                        stats.slower(d)
-                    stats.ok_seconds += d
+                    record(t0)
                     return result
                 try:
                     return fn(*args, **kwargs)
@@ -543,7 +534,8 @@ class Retry(GatedStrategy):
                 return retry_fast
             # The policy's outermost closure: the same, with the gate. What only tracing
             # and failures use is in one free variable (each is copied into every frame).
-            stats, now, failure = gate.tally()
+            stats, _, failure = gate.tally()
+            start, record = gate.timer()
             slow = (observed, failure)
 
             async def retry_fast_policy(*args: Any, **kwargs: Any) -> Any:
@@ -551,7 +543,7 @@ class Retry(GatedStrategy):
                 if mode:
                     # Metrics are served in this frame (no observer frame).
                     if mode == COUNT_TIME:
-                        t0: float | None = now()
+                        t0: float | None = start()
                     elif mode == COUNT:
                         t0 = None
                     else:  # tracing, or a result classifier
@@ -567,12 +559,7 @@ class Retry(GatedStrategy):
                         if t0 is None:
                             stats.ok_untimed += 1
                             return result
-                        d = now() - t0
-                        if d < QUICK:
-                            stats.ok_quick += 1.0
-                        else:
-                            stats.slower(d)
-                        stats.ok_seconds += d
+                        record(t0)
                         return result
                     try:
                         result = await again(
@@ -584,12 +571,7 @@ class Retry(GatedStrategy):
                     if t0 is None:
                         stats.ok_untimed += 1
                         return result
-                    d = now() - t0
-                    if d < QUICK:
-                        stats.ok_quick += 1.0
-                    else:
-                        stats.slower(d)
-                    stats.ok_seconds += d
+                    record(t0)
                     return result
                 try:
                     return await fn(*args, **kwargs)

@@ -17,7 +17,9 @@ Durations come from the policy's clock, bucketed by ``int.bit_length()`` of the 
 in nanoseconds: slot ``b`` holds durations in ``[2**(b-1), 2**b)`` ns, so a scrape can
 expose any power-of-two bucket boundaries exactly. The hot path of a fused closure keeps
 the clock's float seconds and handles the common case, a call shorter than the first
-exposed bucket bound (:data:`QUICK`), with one comparison and two increments.
+exposed bucket bound (:data:`QUICK`), with one comparison and two increments; on the
+system clock the compiled :mod:`resilience._speedups` does that, and the two clock
+reads, in C (:meth:`PolicyGate.timer`).
 
 Policies also register here, weakly, under their policy name, so that
 :func:`resilience.status` and the metric gauges can read every policy's ``snapshot()``.
@@ -26,6 +28,8 @@ Policies also register here, weakly, under their policy name, so that
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -58,6 +62,7 @@ __all__ = [
     "unfailed",
     "unobserved",
     "unrecorded",
+    "untimed",
 ]
 
 COUNT: Final = 1
@@ -85,6 +90,29 @@ QUICK: Final = 2**QUICK_SLOT / 1e9
 counted (:attr:`PolicyStats.ok_quick`), with no bucket to compute."""
 
 _OUTCOME_INDEX: Final = {Outcome.SUCCESS: SUCCESS, Outcome.KNOWN_FAILURE: KNOWN}
+
+
+def _compiled_tally() -> Any:
+    """``resilience._speedups.Tally`` if it was compiled and may be used, else ``None``.
+
+    Not on a free-threaded build (its counters rely on the GIL), and not with
+    ``RESILIENCE_NO_EXTENSIONS=1`` in the environment.
+    """
+    if os.environ.get("RESILIENCE_NO_EXTENSIONS", "") not in {"", "0"}:
+        return None
+    gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    if gil_enabled is not None and not gil_enabled():
+        return None
+    try:
+        from resilience._speedups import Tally
+    except ImportError:
+        return None
+    return Tally
+
+
+TALLY: Final[Any] = _compiled_tally()
+"""The compiled :class:`resilience._speedups.Tally`, or ``None``: then every policy
+records its successes with the Python code of :meth:`PolicyGate.timer`."""
 
 
 class CallObserver(Protocol):
@@ -183,7 +211,7 @@ class PolicyStats:
     and :meth:`slots`.
     """
 
-    __slots__ = ("hist", "ok_quick", "ok_seconds", "ok_untimed", "policy", "strategy")
+    __slots__ = ("hist", "ok_quick", "ok_seconds", "ok_untimed", "policy", "strategy", "tally")
 
     def __init__(self, policy: str, strategy: str) -> None:
         self.policy = policy
@@ -192,6 +220,9 @@ class PolicyStats:
         self.ok_quick = 0.0
         self.ok_seconds = 0.0
         self.ok_untimed = 0
+        # The compiled twin of ok_quick and ok_seconds, for successes timed on the system
+        # clock (see PolicyGate.timer); a slower success still gets its bucket here.
+        self.tally: Any = TALLY(QUICK, self.slower) if TALLY is not None else None
 
     def record(self, outcome: int, duration_ns: int) -> None:
         h = self.hist[outcome]
@@ -220,6 +251,9 @@ class PolicyStats:
             h[QUICK_SLOT] += int(self.ok_quick)
             h[SECONDS] += self.ok_seconds
             h[UNTIMED] += self.ok_untimed
+            if self.tally is not None:
+                h[QUICK_SLOT] += int(self.tally.quick)
+                h[SECONDS] += self.tally.seconds
         return h
 
     def calls(self, outcome: int) -> int:
@@ -405,6 +439,11 @@ def unrecorded(error: BaseException, duration_ns: int) -> None:
     raise AssertionError("a closure that does not record calls recorded one")
 
 
+def untimed(t0: float, /) -> None:
+    """The ``record`` of a closure built with :data:`NEVER`: never called."""
+    raise AssertionError("a closure that does not time calls timed one")
+
+
 def unfailed(error: BaseException, started: float | None) -> None:
     """The ``failure`` of a closure built with :data:`NEVER`: never called."""
     raise AssertionError("a closure that does not record calls recorded one")
@@ -422,14 +461,15 @@ class PolicyGate:
     own closure, which reads :attr:`switch` once per call (the same closure built further
     in reads :data:`NEVER`) and serves metrics in its own frame::
 
-        stats, now, failure = gate.tally()
+        stats, _, failure = gate.tally()
+        start, record = gate.timer()
         observed = gate.observe_sync(plain)     # plain: the closure built with NEVER
 
         def closure(*args, **kwargs):
             mode = switch.mode
             if mode:
                 if mode == COUNT_TIME:
-                    t0 = now()                  # the policy's clock, in seconds
+                    t0 = start()                # the policy's clock, in seconds
                 elif mode == COUNT:
                     t0 = None                   # counting only
                 else:                           # tracing, or a result classifier
@@ -444,16 +484,12 @@ class PolicyGate:
                 if t0 is None:
                     stats.ok_untimed += 1
                 else:
-                    d = now() - t0
-                    if d < QUICK:
-                        stats.ok_quick += 1.0   # the common case: no bucket to compute
-                    else:
-                        stats.slower(d)
-                    stats.ok_seconds += d
+                    record(t0)                  # a comparison and two increments
             return result
 
     While telemetry is off that costs one attribute read and no frame; with metrics on,
-    two clock reads, a subtraction, a comparison and two increments. A strategy that
+    two calls, ``start()`` and ``record(t0)``: C methods with the compiled speedups
+    (see :meth:`timer`), else a clock read and a small Python function. A strategy that
     reads the policy's clock anyway may time the call with its own reads
     (:meth:`shares`). Durations use the first injected clock of the policy (a FakeClock
     in tests), else the system's.
@@ -513,6 +549,32 @@ class PolicyGate:
         """``(stats, now, failure)``: what a fused closure needs to serve metrics in its
         own frame (see the class docstring)."""
         return self.stats, self.now, self.failure
+
+    def timer(self) -> tuple[Callable[[], float], Callable[[float], None]]:
+        """``(start, record)``, what times the policy's successes with metrics on
+        (``COUNT_TIME``): ``t0 = start()`` before a call, ``record(t0)`` after it
+        succeeded.
+
+        On the system clock, with the compiled speedups, they are the methods of the
+        policy's :class:`resilience._speedups.Tally`: ``record`` reads the clock,
+        compares and counts in C. Otherwise ``start`` is :attr:`now` and ``record`` does
+        the same in Python. A failure is timed by :meth:`failure`, on the same clock
+        either way.
+        """
+        stats = self.stats
+        if stats.tally is not None and type(self.clock) is SystemClock:
+            return stats.tally.start, stats.tally.record
+        now = self.now
+
+        def record(t0: float, /) -> None:
+            d = now() - t0
+            if d < QUICK:
+                stats.ok_quick += 1.0
+            else:
+                stats.slower(d)
+            stats.ok_seconds += d
+
+        return now, record
 
     def failure(self, error: BaseException, started: float | None) -> None:
         """Record ``error`` ending a call that started at ``started`` on :attr:`now`
@@ -577,6 +639,7 @@ def _sync_observer(inner: AnyCallable, gate: PolicyGate) -> Callable[[Any, Any],
         gate.failure,
     )
     by_result = gate.by_result
+    start, record = gate.timer()
     # Without a result classifier, metrics alone (the common case) are served inline.
     timed = -1 if by_result else COUNT_TIME
     counting = -1 if by_result else COUNT
@@ -584,19 +647,14 @@ def _sync_observer(inner: AnyCallable, gate: PolicyGate) -> Callable[[Any, Any],
     def observed(args: Any, kwargs: Any) -> Any:
         mode = switch.mode
         if mode == timed:
-            # Metrics with durations: two clock reads, a comparison, two increments.
-            t0 = now()
+            # Metrics with durations: a start, and a record of the success.
+            t0 = start()
             try:
                 result = inner(*args, **kwargs)
             except BaseException as exc:
                 failure(exc, t0)
                 raise
-            d = now() - t0
-            if d < QUICK:
-                stats.ok_quick += 1.0
-            else:
-                stats.slower(d)
-            stats.ok_seconds += d
+            record(t0)
             return result
         if mode == counting:
             try:
@@ -632,7 +690,8 @@ def _sync_observer(inner: AnyCallable, gate: PolicyGate) -> Callable[[Any, Any],
 def _sync_wrapper(inner: AnyCallable, gate: PolicyGate) -> AnyCallable:
     switch = TELEMETRY
     observed = _sync_observer(inner, gate)
-    stats, now, failure = gate.tally()
+    stats, _, failure = gate.tally()
+    start, record = gate.timer()
 
     if gate.by_result:
 
@@ -648,19 +707,14 @@ def _sync_wrapper(inner: AnyCallable, gate: PolicyGate) -> AnyCallable:
         if not mode:
             return inner(*args, **kwargs)
         if mode == COUNT_TIME:
-            # Metrics, inlined (as in ``observed``): no frame more.
-            t0 = now()
+            # Metrics served here (as in ``observed``): no observer frame.
+            t0 = start()
             try:
                 result = inner(*args, **kwargs)
             except BaseException as exc:
                 failure(exc, t0)
                 raise
-            d = now() - t0
-            if d < QUICK:
-                stats.ok_quick += 1.0
-            else:
-                stats.slower(d)
-            stats.ok_seconds += d
+            record(t0)
             return result
         if mode == COUNT:
             try:
