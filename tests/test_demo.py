@@ -12,6 +12,8 @@ import asyncio
 import importlib
 import json
 import re
+import signal
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -22,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from resilience import CircuitBreaker, CircuitOpenError
+from resilience import CircuitBreaker, CircuitOpenError, CircuitState
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the demo package lives next to src/, not inside it
@@ -302,3 +304,43 @@ def test_serve_keeps_everything_up_until_stopped() -> None:
     seen["timer"].join(5)
     assert seen["stats"]["requests"] > 0
     assert seen["metrics"].value("resilience_calls", policy=policy.POLICY) > 0
+
+
+def test_a_real_prometheus_server_scrapes_the_demo(tmp_path: Path) -> None:
+    """``python -m demo --serve`` as an operator runs it, scraped by a real Prometheus."""
+    from _prometheus_server import prometheus_scraping
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demo", "--serve"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        metrics_url = ""
+        for line in proc.stdout:
+            if line.startswith("Metrics"):
+                metrics_url = line.split()[1]
+                break
+        assert metrics_url.startswith("http://127.0.0.1:"), "the demo never printed its URL"
+        target = metrics_url.removeprefix("http://").removesuffix("/metrics")
+        with prometheus_scraping([target], tmp_path) as prom:
+            calls = prom.wait_for(f'sum(resilience_calls_total{{policy="{policy.POLICY}"}}) > 0')
+            states = prom.wait_for(f'resilience_circuitbreaker_state{{policy="{policy.POLICY}"}}')
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+            if proc.stdout is not None:
+                proc.stdout.close()
+    assert float(calls[0]["value"][1]) > 0
+    by_state = {s["metric"]["state"]: float(s["value"][1]) for s in states}
+    assert set(by_state) == {state.value for state in CircuitState}
+    assert sum(by_state.values()) == 1.0, "exactly one state at a time"
+    assert proc.returncode == 0, "the demo stops cleanly on Ctrl-C"
