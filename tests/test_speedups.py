@@ -29,9 +29,9 @@ from resilience._core.telemetry import (
     CANCELLED,
     QUICK,
     QUICK_SLOT,
+    SLOTS,
     STATS,
     SUCCESS,
-    SUM,
     TALLY,
     TELEMETRY,
     PolicyGate,
@@ -209,7 +209,7 @@ def test_every_success_is_counted_with_a_duration_inside_its_envelope(
     stats = STATS.get(name, "pipeline")
     assert stats.calls(SUCCESS) == stats.timed(SUCCESS) == 300
     h = stats.slots(SUCCESS)
-    quick, slower = int(stats.tally.quick), sum(h[QUICK_SLOT + 1 : SUM])
+    quick, slower = int(stats.tally.quick), sum(h[QUICK_SLOT + 1 : SLOTS])
     assert sum(h[:QUICK_SLOT]) == 0  # a quick call is counted in the first bucket only
     assert h[QUICK_SLOT] == quick  # all of them from the compiled tally
     assert quick + slower == 300

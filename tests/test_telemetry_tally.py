@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
 
 import pytest
 
@@ -32,23 +31,15 @@ from resilience import (
     Timeout,
 )
 from resilience import _metrics as metrics
-from resilience._core.strategy import AnyCallable, Scope
 from resilience._core.telemetry import (
     CALL_OUTCOMES,
-    COUNT_TIME,
-    NEVER,
-    NEVER_OBSERVED,
     QUICK,
     QUICK_SLOT,
+    SLOTS,
     STATS,
     SUCCESS,
-    SUM,
     TELEMETRY,
     UNKNOWN,
-    UNTIMED,
-    PolicyGate,
-    unobserved,
-    unrecorded,
 )
 from resilience.testing import FakeClock
 from telemetry_standins import unique
@@ -328,7 +319,7 @@ def test_a_timeout_in_front_records_with_its_own_clock_reads(durations: bool) ->
         assert 0 <= stats.seconds(i) <= sum(outside[outcome])
     if durations:
         assert stats.seconds(SUCCESS) >= 0.002  # the slow call slept 2 ms
-        assert sum(stats.slots(SUCCESS)[QUICK_SLOT + 1 : SUM]) >= 1  # in a later bucket
+        assert sum(stats.slots(SUCCESS)[QUICK_SLOT + 1 : SLOTS]) >= 1  # in a later bucket
 
 
 # -- threads ---------------------------------------------------------------------------------------
@@ -393,11 +384,11 @@ def test_threads_lose_no_count(eager_switching: None, durations: bool) -> None:
 # -- every way of recording lands in one histogram -------------------------------------------------
 
 
-def test_the_tally_and_the_ns_contract_add_up() -> None:
+def test_the_success_counters_and_the_histogram_add_up() -> None:
     name = unique("tally_merge")
     stats = STATS.get(name, "retry")
-    stats.record(SUCCESS, 500_000_000)  # the ns contract: slot 29, 0.5 s
-    stats.count(SUCCESS)  # the ns contract, counting only
+    stats.record_seconds(SUCCESS, 0.5)  # as the generic wrapper records: slot 29, 0.5 s
+    stats.count(SUCCESS)  # the generic wrapper, counting only
     stats.ok_quick += 1.0  # the tally: a quick success of 100 µs
     stats.ok_seconds += 100e-6
     stats.slower(0.25)  # the tally: a slower success of 0.25 s
@@ -414,82 +405,6 @@ def test_the_tally_and_the_ns_contract_add_up() -> None:
     family = metrics.read("resilience_calls")
     counts = {labels[2]: n for labels, n in family.samples if labels[:2] == (name, "retry")}
     assert counts == {**dict.fromkeys(CALL_OUTCOMES, 0.0), "success": 5.0, "unknown_failure": 1.0}
-
-
-class NsContract(Strategy):
-    """A strategy fused with the older ns contract (``timed()``, ``now_ns``,
-    ``observe[mode]``), as strategies written before the tally are."""
-
-    kind = "ns_contract"
-
-    def __init__(self, *, clock: FakeClock) -> None:
-        super().__init__()
-        self._clock = clock
-
-    def _wrap_sync(self, fn: AnyCallable, scope: Scope) -> AnyCallable:
-        return self._driver(fn, None)
-
-    def _wrap_sync_policy(self, fn: AnyCallable, scope: Scope, gate: PolicyGate) -> AnyCallable:
-        return self._driver(fn, gate)
-
-    def _driver(self, fn: AnyCallable, gate: PolicyGate | None) -> AnyCallable:
-        switch = NEVER
-        observed: Callable[[Any, Any], Any] = unobserved
-        now_ns: Callable[[], int] = lambda: 0  # noqa: E731
-        succ: list[int] = []
-        failed: Callable[[BaseException, int], None] = unrecorded
-        observe = NEVER_OBSERVED
-        if gate is not None:
-            switch = gate.switch
-            observed = gate.observe_sync(self._driver(fn, None))
-            now_ns = gate.now_ns
-            observe, succ, failed = gate.timed()
-
-        def closure(*args: Any, **kwargs: Any) -> Any:
-            mode = switch.mode
-            if mode:
-                if observe[mode]:
-                    return observed(args, kwargs)
-                t0 = now_ns() if mode == COUNT_TIME else -1
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                if mode:
-                    failed(exc, now_ns() - t0 if t0 >= 0 else -1)
-                raise
-            if mode:
-                if t0 < 0:
-                    succ[UNTIMED] += 1
-                else:
-                    d = now_ns() - t0
-                    succ[d.bit_length()] += 1
-                    succ[SUM] += d
-            return result
-
-        return closure
-
-
-@pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
-def test_a_strategy_on_the_ns_contract_still_records_exactly(durations: bool) -> None:
-    clock = FakeClock()
-    strategy = NsContract(clock=clock)
-    strategy.name = unique("ns_contract")
-    decorated = strategy(scripted(clock))
-    record = Record()
-    with metrics_on(durations=durations):
-        for step in ["ok", "quick", "slow", "fail", "known", "cancel"]:
-            t0 = clock.now()
-            error: BaseException | None = None
-            try:
-                decorated(step)
-            except BaseException as exc:  # the oracle classifies it
-                error = exc
-            outcome = outcome_of(error)
-            # No classifier on this policy: a ValueError is an unknown failure here.
-            record.add(
-                "unknown_failure" if outcome == "known_failure" else outcome, clock.now() - t0
-            )
-    check(strategy.name, "ns_contract", record, durations=durations)
 
 
 def by_code(code: int) -> Outcome:

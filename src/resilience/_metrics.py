@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from ._core.events import EVENTS, CallRejected, Event, StateChanged
-from ._core.telemetry import CALL_OUTCOMES, POLICIES, QUICK_SLOT, SECONDS, STATS, SUM, TELEMETRY
+from ._core.telemetry import CALL_OUTCOMES, POLICIES, QUICK_SLOT, SECONDS, SLOTS, STATS, TELEMETRY
 from .fallback import FallbackUsed
 from .rate_limit import RateLimitWaited
 from .retry import GiveUpReason, RetryGaveUp, RetryScheduled
@@ -184,12 +184,12 @@ def _durations(snaps: Snapshots) -> Family:
     counts: dict[str, list[int]] = {}
     sums: dict[str, float] = {}
     for stats in STATS.all():
-        acc = counts.setdefault(stats.policy, [0] * SUM)
+        acc = counts.setdefault(stats.policy, [0] * SLOTS)
         for outcome in range(len(CALL_OUTCOMES)):
             h = stats.slots(outcome)
-            for i, v in enumerate(h[:SUM]):
+            for i, v in enumerate(h[:SLOTS]):
                 acc[i] += v
-            sums[stats.policy] = sums.get(stats.policy, 0.0) + h[SUM] / 1e9 + h[SECONDS]
+            sums[stats.policy] = sums.get(stats.policy, 0.0) + h[SECONDS]
     for policy in sorted(counts):
         acc = counts[policy]
         below = sum(acc[: _FIRST_SLOT + 1])

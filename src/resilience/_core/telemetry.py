@@ -35,7 +35,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from .clock import SYSTEM_CLOCK, Clock, SystemClock, monotonic_ns
+from .clock import SYSTEM_CLOCK, Clock, SystemClock
 from .errors import RejectedError
 from .outcome import DEFAULT_CLASSIFIER, Classifier, Outcome
 
@@ -46,7 +46,6 @@ __all__ = [
     "CALL_OUTCOMES",
     "CallObserver",
     "NEVER",
-    "NEVER_OBSERVED",
     "NEVER_STATS",
     "OBSERVED",
     "POLICIES",
@@ -61,7 +60,6 @@ __all__ = [
     "instrument",
     "unfailed",
     "unobserved",
-    "unrecorded",
     "untimed",
 ]
 
@@ -76,11 +74,10 @@ CALL_OUTCOMES: Final = ("success", "known_failure", "unknown_failure", "rejected
 """The ``outcome`` label of a call, by index in :attr:`PolicyStats.hist`."""
 
 SLOTS: Final = 65
-"""Histogram slots: ``bit_length()`` of a duration in ns (0..64); then the sum in ns, the
-calls counted while durations were off, and the sum in seconds."""
-SUM: Final = 65
-UNTIMED: Final = 66
-SECONDS: Final = 67
+"""Histogram slots: ``bit_length()`` of a duration in ns (0..64); then the calls counted
+while durations were off, and the sum of the durations in seconds."""
+UNTIMED: Final = 65
+SECONDS: Final = 66
 
 QUICK_SLOT: Final = 17
 """The slot of the first exposed bucket bound, ``2**17`` ns (131 µs): every duration
@@ -192,8 +189,7 @@ class PolicyStats:
     """In-process call counters of one ``(policy, strategy)``: a histogram per outcome.
 
     ``hist[outcome][b]`` counts calls whose duration in ns has ``bit_length() == b``;
-    ``hist[outcome][SUM]`` is the sum of the durations recorded in ns,
-    ``hist[outcome][SECONDS]`` the sum of those recorded in seconds, and
+    ``hist[outcome][SECONDS]`` is the sum of their durations in seconds, and
     ``hist[outcome][UNTIMED]`` counts the calls made while only counting was on.
 
     The success path of a fused closure has three counters of its own, plain attributes
@@ -223,11 +219,6 @@ class PolicyStats:
         # The compiled twin of ok_quick and ok_seconds, for successes timed on the system
         # clock (see PolicyGate.timer); a slower success still gets its bucket here.
         self.tally: Any = TALLY(QUICK, self.slower) if TALLY is not None else None
-
-    def record(self, outcome: int, duration_ns: int) -> None:
-        h = self.hist[outcome]
-        h[duration_ns.bit_length()] += 1
-        h[SUM] += duration_ns
 
     def record_seconds(self, outcome: int, seconds: float) -> None:
         h = self.hist[outcome]
@@ -259,16 +250,16 @@ class PolicyStats:
     def calls(self, outcome: int) -> int:
         """Calls that ended with ``outcome``, timed or not."""
         h = self.slots(outcome)
-        return int(sum(h[:SUM]) + h[UNTIMED])
+        return int(sum(h[:SLOTS]) + h[UNTIMED])
 
     def timed(self, outcome: int) -> int:
         """Calls that ended with ``outcome`` and have a duration in the histogram."""
-        return int(sum(self.slots(outcome)[:SUM]))
+        return int(sum(self.slots(outcome)[:SLOTS]))
 
     def seconds(self, outcome: int) -> float:
         """The sum of the durations of the calls that ended with ``outcome``."""
         h = self.slots(outcome)
-        return float(h[SUM] / 1e9 + h[SECONDS])
+        return float(h[SECONDS])
 
 
 class _StatsTable:
@@ -420,9 +411,6 @@ NEVER: Final = _Telemetry()
 one reads, so that one closure body serves both."""
 
 
-NEVER_OBSERVED: Final = (False,) * (ALL_MODES + 1)
-"""``observe`` of a closure built with :data:`NEVER` (its mode is always 0)."""
-
 TRACED: Final = tuple(bool(mode & TRACING) for mode in range(ALL_MODES + 1))
 """By mode, whether a closure on the tally contract hands the call to ``observed``:
 ``TRACED[mode]`` is one tuple index, where ``mode != COUNT_TIME and mode != COUNT``
@@ -432,11 +420,6 @@ is two comparisons (:data:`OBSERVED` always sets ``TRACING``)."""
 def unobserved(args: Any, kwargs: Any) -> Any:
     """The ``observed`` of a closure built with :data:`NEVER`: never called."""
     raise AssertionError("a closure built with the NEVER switch was observed")
-
-
-def unrecorded(error: BaseException, duration_ns: int) -> None:
-    """The ``failed`` of a closure that does not time calls itself: never called."""
-    raise AssertionError("a closure that does not record calls recorded one")
 
 
 def untimed(t0: float, /) -> None:
@@ -493,10 +476,6 @@ class PolicyGate:
     reads the policy's clock anyway may time the call with its own reads
     (:meth:`shares`). Durations use the first injected clock of the policy (a FakeClock
     in tests), else the system's.
-
-    The older contract, :meth:`timed` with :attr:`now_ns` (integer nanoseconds, a
-    bucket and a sum per success) and ``observe[mode]`` in front, still works and
-    records into the same counters; it costs more per call.
     """
 
     __slots__ = (
@@ -505,7 +484,6 @@ class PolicyGate:
         "classifier",
         "clock",
         "now",
-        "now_ns",
         "scope",
         "switch",
     )
@@ -524,7 +502,6 @@ class PolicyGate:
         )
         # The builtin time.monotonic itself for the system clock: no Python frame.
         self.now: Callable[[], float] = self.clock.now
-        self.now_ns = monotonic_ns(self.clock)
         # A result classifier decides outcomes from returned values, which the fused
         # closures do not look at: every call of such a policy goes to ``observed``.
         self.switch = OBSERVED if self.by_result else TELEMETRY
@@ -584,33 +561,6 @@ class PolicyGate:
             return
         seconds = self.now() - started
         self.stats.record_seconds(_classify_error(self.classifier, error), seconds)
-
-    def timed(self) -> tuple[tuple[bool, ...], list[int], Callable[[BaseException, int], None]]:
-        """The older contract: what a strategy needs to time the policy's calls in ns.
-
-        Returns ``(observe, succeeded, failed)``. ``observe[mode]`` says whether the
-        closure hands the call to ``observed`` (tracing always; every mode with a result
-        classifier): a tuple index. Otherwise it serves ``COUNT_TIME`` itself: on success
-        ``succeeded[d.bit_length()] += 1`` and ``succeeded[SUM] += d`` (``d`` the duration
-        in ns, from :attr:`now_ns`), on an exception ``failed(error, d)``; and ``COUNT``
-        alone with ``succeeded[UNTIMED] += 1`` / ``failed(error, -1)``. :meth:`tally` is
-        cheaper per call.
-        """
-        return self.observes(), self.stats.hist[SUCCESS], self.failed
-
-    def observes(self, *, inline: bool = True) -> tuple[bool, ...]:
-        """``observe[mode]``, by mode: whether a fused closure hands the call to
-        ``observed``; every nonzero mode unless the closure serves metrics ``inline``."""
-        full = ~0 if self.by_result or not inline else TRACING
-        return tuple(bool(mode & full) for mode in range(ALL_MODES + 1))
-
-    def failed(self, error: BaseException, duration_ns: int) -> None:
-        """Record ``error`` ending a call that took ``duration_ns`` (``-1``: untimed)."""
-        outcome = _classify_error(self.classifier, error)
-        if duration_ns < 0:
-            self.stats.count(outcome)
-        else:
-            self.stats.record(outcome, duration_ns)
 
     def observe_sync(self, plain: AnyCallable) -> Callable[[Any, Any], Any]:
         """``observed(args, kwargs)``: ``plain(*args, **kwargs)`` under telemetry."""
