@@ -379,6 +379,7 @@ def test_each_new_meter_provider_gets_instruments_and_a_dropped_one_is_let_go() 
     def ok() -> int:
         return 1
 
+    dropped: list[weakref.ref[MeterProvider]] = []
     for calls in range(1, 11):
         reader = InMemoryMetricReader()
         provider = meter_provider(reader)
@@ -390,13 +391,12 @@ def test_each_new_meter_provider_gets_instruments_and_a_dropped_one_is_let_go() 
             resilience.otel.disable()
             provider.shutdown()
         assert m("resilience.calls", policy=name, strategy="retry", outcome="success") == calls
-        # Nothing keeps a provider alive once its user drops it.
-        gone = weakref.ref(provider)
+        dropped.append(weakref.ref(provider))
         del provider, reader, m
-        gc.collect(1)  # young generations: cheap, and enough unless it got promoted
-        if gone() is not None:
-            gc.collect()
-        assert gone() is None
+        gc.collect(1)  # frees the young ones, so that the next may take the same address
+    gc.collect()
+    # Nothing keeps a provider alive once its user drops it.
+    assert [ref() for ref in dropped] == [None] * 10
 
 
 def test_only_the_provider_enabled_last_reports() -> None:
