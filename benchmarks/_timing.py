@@ -27,6 +27,27 @@ def _budget(number: int, repeat: int) -> tuple[int, int]:
     return (min(number, _QUICK_NUMBER), 1) if quick() else (number, repeat)
 
 
+REFERENCE_INC_NS = 320.0
+"""What a bound ``prometheus_client`` ``Counter.inc()`` took on the host the telemetry
+targets were stated on. Those targets are in nanoseconds of that host; scaled by what
+``inc()`` takes on this machine, in the same rounds, they become the same share of work
+here (a shared host runs everything slower or faster by about the same factor)."""
+
+
+def counter_inc() -> Callable[[], None]:
+    """A bound ``Counter.inc`` on a private registry: the reference of the targets."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    return Counter(
+        "bench_reference", "The benchmarks' unit of work.", registry=CollectorRegistry()
+    ).inc
+
+
+def at_reference(ns: float, inc_ns: float) -> float:
+    """``ns`` measured here, at the reference host's speed (see :data:`REFERENCE_INC_NS`)."""
+    return ns * REFERENCE_INC_NS / inc_ns
+
+
 def ns_per_call(
     fn: Callable[[], Any], *, number: int = 20_000, repeat: int = 5, cpu: bool = False
 ) -> float:

@@ -32,7 +32,15 @@ import tenacity
 from prometheus_client import CollectorRegistry
 
 import resilience.prometheus
-from benchmarks._timing import ans_per_call, ns_per_call, print_table, quick
+from benchmarks._timing import (
+    REFERENCE_INC_NS,
+    ans_per_call,
+    at_reference,
+    counter_inc,
+    ns_per_call,
+    print_table,
+    quick,
+)
 from resilience import Bulkhead, CircuitBreaker, Pipeline, RateLimiter, Retry
 
 BARE = "bare call"
@@ -72,20 +80,23 @@ def _peers() -> Any:
     )(breaker(_work))
 
 
-def _metrics_added(fn: Any, registry: CollectorRegistry) -> float:
+def _metrics_added(fn: Any, registry: CollectorRegistry) -> tuple[float, float]:
     """What metrics on (counts + duration histogram) add to ``fn``: its best round on
     minus its best round off, over many short interleaved rounds in the thread's CPU
-    time (what a busy machine adds to a round is left out)."""
+    time (what a busy machine adds to a round is left out); and the best round of a
+    bound ``Counter.inc()`` in the same rounds, the reference of the target."""
     number, rounds = (20, 3) if quick() else (3_000, 60)
-    on = off = float("inf")
+    on = off = inc_ns = float("inf")
+    inc = counter_inc()
     for _ in range(rounds):
+        inc_ns = min(inc_ns, ns_per_call(inc, number=number, repeat=1, cpu=True))
         off = min(off, ns_per_call(fn, number=number, repeat=1, cpu=True))
         resilience.prometheus.enable(registry=registry)
         try:
             on = min(on, ns_per_call(fn, number=number, repeat=1, cpu=True))
         finally:
             resilience.prometheus.disable(registry)
-    return on - off
+    return on - off, inc_ns
 
 
 def main() -> None:
@@ -118,13 +129,16 @@ def main() -> None:
     rows = list(best.items())
     print_table("Stack: retry + breaker + bulkhead + limiter, success path", rows, baseline=PEERS)
     table = dict(rows)
-    added = _metrics_added(ours, registry)
+    added, inc_ns = _metrics_added(ours, registry)
+    scaled = at_reference(added, inc_ns)
     print(
         f"\nstack {table[OURS]:.0f} ns (target ≤ {TARGET_NS:.0f} ns): "
         f"{'met' if table[OURS] <= TARGET_NS else 'missed'}; "
-        f"metrics add {added:.0f} ns (target ≤ {METRICS_TARGET_NS:.0f} ns; best rounds, "
-        f"on and off interleaved on the same function): "
-        f"{'met' if added <= METRICS_TARGET_NS else 'missed'}"
+        f"metrics add {added:.0f} ns here (best rounds, on and off interleaved on the same "
+        f"function); a bound Counter.inc() takes {inc_ns:.0f} ns here, "
+        f"{REFERENCE_INC_NS:.0f} ns on the reference host, so {scaled:.0f} ns at its speed "
+        f"(target ≤ {METRICS_TARGET_NS:.0f} ns): "
+        f"{'met' if scaled <= METRICS_TARGET_NS else 'missed'}"
     )
 
 
