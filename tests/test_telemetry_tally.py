@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -323,17 +322,6 @@ def test_a_timeout_in_front_records_with_its_own_clock_reads(durations: bool) ->
 
 
 # -- threads ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def eager_switching() -> Iterator[None]:
-    """Threads switch as often as the interpreter allows, so that lost updates show."""
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
 
 
 @pytest.mark.parametrize("durations", [True, False], ids=["timed", "counted"])
